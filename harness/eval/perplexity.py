@@ -1,0 +1,89 @@
+"""Token-level perplexity over non-overlapping windows (the AWQ/GPTQ paper protocol).
+
+A text is tokenized once, cut into ``seqlen``-token windows (the remainder is dropped), and each
+window is scored independently: every token but the first is predicted. Perplexity is
+``exp(total NLL / predicted tokens)``; its standard error comes from the spread of per-window mean
+NLLs (delta method), so it reflects text-to-text variation rather than correlated tokens.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from harness.errors import HarnessError
+
+
+@dataclass
+class EvalText:
+    task: str  # file stem
+    path: str
+    windows: torch.Tensor  # [n_windows, seqlen]
+    total_tokens: int
+
+
+def read_text(path: Path) -> str:
+    if not path.is_file():
+        raise HarnessError(f"eval text not found: {path}")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if not text.strip():
+        raise HarnessError(f"eval text {path} is empty")
+    return text
+
+
+def make_windows(ids: torch.Tensor, seqlen: int, max_windows: int) -> torch.Tensor:
+    n = ids.numel() // seqlen
+    if max_windows > 0:
+        n = min(n, max_windows)
+    return ids[: n * seqlen].view(n, seqlen)
+
+
+def prepare(path: Path, tok, seqlen: int, max_windows: int) -> EvalText:
+    if seqlen < 2:
+        raise HarnessError(f"eval.seqlen must be >= 2 (got {seqlen})")
+    ids = torch.tensor(tok(read_text(path), add_special_tokens=False)["input_ids"], dtype=torch.long)
+    if ids.numel() < seqlen:
+        raise HarnessError(
+            f"eval text {path} has {ids.numel()} tokens, too short for one window of eval.seqlen={seqlen}; "
+            f"use a longer text or a smaller eval.seqlen"
+        )
+    return EvalText(path.stem, str(path), make_windows(ids, seqlen, max_windows), ids.numel())
+
+
+@torch.no_grad()
+def window_nll(model, windows: torch.Tensor, batch_size: int, desc: str = "") -> torch.Tensor:
+    """Summed NLL of each window's predicted tokens, shape [n_windows] (float64)."""
+    out = []
+    for i in tqdm(range(0, len(windows), batch_size), desc=desc, unit="batch", leave=False):
+        batch = windows[i : i + batch_size].to(model.device)
+        logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
+        if not torch.isfinite(logits).all():
+            raise HarnessError(f"the model produced NaN/inf logits ({desc}); the quantized weights are broken")
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="none")
+        out.append(nll.view(batch.shape[0], -1).double().sum(dim=1).cpu())
+    return torch.cat(out)
+
+
+def summarize(nll_per_window: torch.Tensor, tokens_per_window: int) -> dict:
+    """Perplexity and its standard error from per-window summed NLLs."""
+    n = nll_per_window.numel()
+    mean_nll = nll_per_window.sum().item() / (n * tokens_per_window)
+    ppl = math.exp(mean_nll)
+    if n > 1:
+        se_nll = (nll_per_window / tokens_per_window).std(unbiased=True).item() / math.sqrt(n)
+        stderr = ppl * se_nll
+    else:
+        stderr = float("nan")  # one window: no spread to measure
+    return {"value": ppl, "stderr": stderr, "n": n, "nll": mean_nll}
+
+
+def evaluate(model, text: EvalText, batch_size: int, desc: str = "") -> dict:
+    per_window = window_nll(model, text.windows, batch_size, desc=desc or text.task)
+    seqlen = text.windows.shape[1]
+    row = summarize(per_window, seqlen - 1)
+    row.update(task=text.task, metric="ppl_token", windows=row["n"], tokens=row["n"] * (seqlen - 1), seqlen=seqlen)
+    return row

