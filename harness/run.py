@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,13 +15,11 @@ from omegaconf import OmegaConf
 import methods
 from harness import calib as calib_mod
 from harness import models, results
-from harness.data import shipped_eval_texts
 from harness.errors import HarnessError
+from harness import eval as suites
 from harness.eval import perplexity
 from methods.quantizer import QuantSpec, QuantSpecError
 from methods.targets import check_group_size, target_linears
-
-SUITES = ("perplexity",)
 
 
 def config_hash(cfg) -> str:
@@ -36,46 +35,50 @@ def validate_static(cfg) -> None:
         raise HarnessError(f"unknown method {cfg.method.name!r}; available: {', '.join(methods.available())}")
     if cfg.calib.name not in calib_mod.CHOICES:
         raise HarnessError(f"unknown calibration set {cfg.calib.name!r}; choose one of: {', '.join(calib_mod.CHOICES)}")
-    bad = [s for s in cfg.eval.suites if s not in SUITES]
-    if bad:
-        raise HarnessError(f"unknown eval suite {bad[0]!r}; available: {', '.join(SUITES)}")
+    for s in cfg.eval.suites:
+        suites.get(s)
     try:
         QuantSpec(cfg.method.bits, cfg.method.group_size, cfg.method.symmetric)
     except QuantSpecError as e:
         raise HarnessError(f"method.{e}") from None
-    for t in eval_text_paths(cfg):
-        perplexity.read_text(t)
+    for t in cfg.eval.texts:
+        perplexity.read_text(Path(t).expanduser())
     if cfg.calib.name == "file" and cfg.calib.path and not Path(cfg.calib.path).expanduser().is_file():
         raise HarnessError(f"calibration file not found: {cfg.calib.path}")
 
 
-def eval_text_paths(cfg) -> list[Path]:
-    return [Path(t).expanduser() for t in cfg.eval.texts] if cfg.eval.texts else shipped_eval_texts()
+def _reference_cache(cfg, fingerprint: str, suite: str, data) -> Path:
+    key = hashlib.sha256(f"{fingerprint}|{suite}|".encode())
+    key.update(pickle.dumps(data, protocol=4))
+    key.update(json.dumps(OmegaConf.to_container(cfg.eval, resolve=True), sort_keys=True).encode())
+    return Path(cfg.cache_dir) / "fp_reference" / f"{suite}-{key.hexdigest()[:24]}.pt"
 
 
-def _fp_cache_path(cfg, fp_id: str, text: perplexity.EvalText) -> Path:
-    key = hashlib.sha256(fp_id.encode())
-    key.update(text.windows.numpy().tobytes())
-    return Path(cfg.cache_dir) / "fp_ppl" / f"{key.hexdigest()[:24]}.json"
-
-
-def evaluate_perplexity(model, texts, cfg, label: str, cache_id: str | None = None) -> list[dict]:
-    rows = []
-    for text in texts:
-        cache = _fp_cache_path(cfg, cache_id, text) if cache_id else None
-        if cache is not None and cache.is_file():
-            row = json.loads(cache.read_text())
+def evaluate_fp_reference(model, tok, prepared: dict, cfg) -> tuple[list[dict], dict]:
+    """FP rows and FP reference state for every suite, from the cache when the same weights and
+    inputs were evaluated before."""
+    fp_id = models.fingerprint(model)
+    rows, refs = [], {}
+    for name, data in prepared.items():
+        cache = _reference_cache(cfg, fp_id, name, data)
+        if cache.is_file():
+            out = torch.load(cache, weights_only=False)
         else:
             t0 = time.perf_counter()
-            row = perplexity.evaluate(model, text, cfg.eval.batch_size, desc=f"{label}: {text.task}")
-            row["eval_seconds"] = time.perf_counter() - t0
-            if cache is not None:
-                results.write_text(cache, json.dumps(row))
-        rows.append({**row, "suite": "perplexity", "source": text.path})
-    return rows
+            out = suites.get(name).evaluate(model, tok, data, cfg, reference=None)
+            for r in out.rows:
+                r.setdefault("eval_seconds", time.perf_counter() - t0)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(".tmp")
+            torch.save(out, tmp)
+            tmp.replace(cache)
+        rows += [{**r, "suite": name} for r in out.rows]
+        refs[name] = out.reference
+    return rows, refs
 
 
-def run(cfg, out_dir: Path) -> "results.pd.DataFrame":
+def run(cfg, out_dir: Path):
+    """Run one configuration; returns (results DataFrame, QuantResult)."""
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(cfg.seed)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -86,29 +89,32 @@ def run(cfg, out_dir: Path) -> "results.pd.DataFrame":
     print(f"[harness] loaded {cfg.model.name} in {time.perf_counter() - t0:.1f}s "
           f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params)")
 
-    spec = QuantSpec(cfg.method.bits, cfg.method.group_size, cfg.method.symmetric)
-    if cfg.method.name != "fp":
+    method = cfg.method.name
+    if method != "fp":
         try:
+            spec = QuantSpec(cfg.method.bits, cfg.method.group_size, cfg.method.symmetric)
             check_group_size(target_linears(model, cfg.method.quantize_lm_head), spec)
         except QuantSpecError as e:
             raise HarnessError(f"method.{e}") from None
-    texts = [perplexity.prepare(p, tok, cfg.eval.seqlen, cfg.eval.max_windows) for p in eval_text_paths(cfg)]
+    prepared = {name: suites.get(name).prepare(tok, cfg) for name in cfg.eval.suites}
     calib = calib_mod.load(cfg.calib, tok)
 
     rows = []
-    if cfg.reference and cfg.method.name != "fp":
-        fp_id = models.fingerprint(model) + f"|{cfg.eval.batch_size}"
-        for r in evaluate_perplexity(model, texts, cfg, "fp", cache_id=fp_id):
-            rows.append({**r, "method": "fp", "bits": 16, "group_size": -1, "quant_seconds": 0.0})
+    fp_rows, refs = evaluate_fp_reference(model, tok, prepared, cfg)
+    if cfg.reference or method == "fp":
+        rows += [{**r, "method": "fp", "bits": 16, "group_size": -1, "quant_seconds": 0.0} for r in fp_rows]
 
-    result = methods.get(cfg.method.name).quantize(model, calib, cfg.method)
-    if cfg.method.name != "fp":
-        print(f"[harness] {cfg.method.name}: quantized in {result.seconds:.1f}s, peak RSS {result.peak_memory_mb:.0f} MB")
-    quantized_bits = 16 if cfg.method.name == "fp" else cfg.method.bits
-    for r in evaluate_perplexity(model, texts, cfg, cfg.method.name):
-        rows.append({**r, "method": cfg.method.name, "bits": quantized_bits,
-                     "group_size": -1 if cfg.method.name == "fp" else cfg.method.group_size,
-                     "quant_seconds": result.seconds})
+    if method != "fp":
+        result = methods.get(method).quantize(model, calib, cfg.method)
+        print(f"[harness] {method}: quantized in {result.seconds:.1f}s, peak RSS {result.peak_memory_mb:.0f} MB")
+        for name, data in prepared.items():
+            t1 = time.perf_counter()
+            out = suites.get(name).evaluate(model, tok, data, cfg, reference=refs[name])
+            seconds = time.perf_counter() - t1
+            rows += [{"eval_seconds": seconds, **r, "suite": name, "method": method, "bits": cfg.method.bits,
+                      "group_size": cfg.method.group_size, "quant_seconds": result.seconds} for r in out.rows]
+    else:
+        result = methods.get("fp").quantize(model, calib, cfg.method)
 
     common = {
         "run_id": out_dir.name, "started_at": started, "git_sha": results.git_sha(), "model": cfg.model.name,

@@ -18,6 +18,9 @@ class QuantResult:
     seconds: float = 0.0
     peak_memory_mb: float = 0.0
     layers: list[dict[str, Any]] = field(default_factory=list)  # per-layer stats (scales, clip, error)
+    # integer codes + group params per quantized Linear (module name -> methods.quantizer.QuantizedWeight):
+    # what kernels/export.py packs. The model itself holds the dequantized (fake-quant) weights.
+    qweights: dict[str, Any] = field(default_factory=dict)
 
 
 class Method(Protocol):

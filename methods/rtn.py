@@ -22,5 +22,5 @@ class RoundToNearest:
         linears = target_linears(model, include_lm_head=cfg.quantize_lm_head)
         check_group_size(linears, spec)
         with tqdm(total=len(linears), desc="rtn: quantizing", unit="linear") as bar:
-            stats = fake_quantize_linears(linears, spec, bar)
-        return QuantResult("rtn", time.perf_counter() - t0, peak_rss_mb(), stats)
+            stats, qweights = fake_quantize_linears(linears, spec, bar)
+        return QuantResult("rtn", time.perf_counter() - t0, peak_rss_mb(), stats, qweights)

@@ -46,16 +46,18 @@ def peak_rss_mb() -> float:
 
 
 @torch.no_grad()
-def fake_quantize_linears(linears: dict[str, nn.Linear], spec: QuantSpec, progress=None) -> list[dict]:
-    from methods.quantizer import fake_quantize
+def fake_quantize_linears(linears: dict[str, nn.Linear], spec: QuantSpec, progress=None, clips=None):
+    """Quantize each Linear in place; returns (per-layer stats, {name: QuantizedWeight})."""
+    from methods.quantizer import QuantizedWeight
 
-    stats = []
+    stats, qweights = [], {}
     for name, lin in linears.items():
         w = lin.weight.data
-        wq = fake_quantize(w, spec)
-        err = (wq.float() - w.float()).pow(2).mean().item()
+        qw = QuantizedWeight.from_weight(w, spec, None if clips is None else clips.get(name))
+        wq = qw.dequantize().to(w.dtype)
+        stats.append({"layer": name, "weight_mse": (wq.float() - w.float()).pow(2).mean().item()})
         lin.weight.data.copy_(wq)
-        stats.append({"layer": name, "weight_mse": err})
+        qweights[name] = qw
         if progress is not None:
             progress.update(1)
-    return stats
+    return stats, qweights

@@ -87,3 +87,27 @@ def evaluate(model, text: EvalText, batch_size: int, desc: str = "") -> dict:
     row = summarize(per_window, seqlen - 1)
     row.update(task=text.task, metric="ppl_token", windows=row["n"], tokens=row["n"] * (seqlen - 1), seqlen=seqlen)
     return row
+
+
+class PerplexitySuite:
+    """Perplexity on every shipped eval text (or ``eval.texts``)."""
+
+    name = "perplexity"
+
+    def prepare(self, tok, cfg) -> list[EvalText]:
+        from harness.data import shipped_eval_texts
+
+        paths = [Path(t).expanduser() for t in cfg.eval.texts] if cfg.eval.texts else shipped_eval_texts()
+        return [prepare(p, tok, cfg.eval.seqlen, cfg.eval.max_windows) for p in paths]
+
+    def evaluate(self, model, tok, data, cfg, reference=None):
+        from harness.eval import SuiteOutput
+
+        rows = []
+        for text in data:
+            row = evaluate(model, text, cfg.eval.batch_size, desc=text.task)
+            rows.append({**row, "source": text.path})
+        return SuiteOutput(rows)
+
+
+SUITE = PerplexitySuite()
