@@ -36,6 +36,26 @@ class MethodConfig:
 
 
 @dataclass
+class AWQConfig(MethodConfig):
+    name: str = "awq"
+    n_grid: int = 20  # α grid for the scale search, and ratio grid for the clip search
+    duo_scaling: bool = False  # s = s_x^α / s_w^(1-α)
+    scale: bool = True
+    clip: bool = True
+    max_shrink: float = 0.5  # clip ratios tried: 1, 1 - 1/n_grid, ..., 1 - max_shrink
+    batch_size: int = 8  # calibration windows per forward pass
+
+
+@dataclass
+class GPTQConfig(MethodConfig):
+    name: str = "gptq"
+    damp_percent: float = 0.01
+    block_size: int = 128
+    act_order: bool = False  # implies static groups (see methods/gptq.py)
+    batch_size: int = 8
+
+
+@dataclass
 class CalibConfig:
     name: str = "prose"
     path: Optional[str] = None  # calib=file: a local .txt or .jsonl
@@ -67,7 +87,8 @@ class HarnessConfig:
 
 SCHEMAS = {
     "model": {"model": ModelConfig},
-    "method": {"fp": MethodConfig, "rtn": MethodConfig},
+    "method": {"fp": MethodConfig, "rtn": MethodConfig, "awq": AWQConfig, "awq_scale": AWQConfig,
+               "awq_clip": AWQConfig, "gptq": GPTQConfig},
     "calib": {"calib": CalibConfig},
     "eval": {"eval": EvalConfig},
 }

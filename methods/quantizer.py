@@ -89,11 +89,16 @@ def compute_qparams(w: torch.Tensor, spec: QuantSpec, clip: torch.Tensor | None 
     return scale, zero
 
 
+def codes_for(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """Elementwise rounding with broadcast ``scale``/``zero`` (float codes in ``[0, maxq]``).
+    The single rounding rule: group-wise quantize, fake_quantize and GPTQ's column loop all use it."""
+    return (torch.round(x / scale) + zero).clamp_(0, spec.maxq)
+
+
 def quantize(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     """Integer codes in ``[0, maxq]`` (uint8), same shape as ``w``."""
-    wg = _grouped(w.float(), spec)
-    q = torch.round(wg / scale.unsqueeze(-1)) + zero.unsqueeze(-1)
-    return q.clamp_(0, spec.maxq).to(torch.uint8).reshape(w.shape)
+    q = codes_for(_grouped(w.float(), spec), scale.unsqueeze(-1), zero.unsqueeze(-1), spec)
+    return q.to(torch.uint8).reshape(w.shape)
 
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
@@ -104,9 +109,9 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: Q
 def fake_quantize(w: torch.Tensor, spec: QuantSpec, clip: torch.Tensor | None = None) -> torch.Tensor:
     """quantize→dequantize in one pass, returned in ``w``'s dtype."""
     scale, zero = compute_qparams(w, spec, clip)
-    wg = _grouped(w.float(), spec)
-    q = (torch.round(wg / scale.unsqueeze(-1)) + zero.unsqueeze(-1)).clamp_(0, spec.maxq)
-    return ((q - zero.unsqueeze(-1)) * scale.unsqueeze(-1)).reshape(w.shape).to(w.dtype)
+    s, z = scale.unsqueeze(-1), zero.unsqueeze(-1)
+    q = codes_for(_grouped(w.float(), spec), s, z, spec)
+    return ((q - z) * s).reshape(w.shape).to(w.dtype)
 
 
 @dataclass

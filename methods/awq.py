@@ -1,0 +1,190 @@
+"""Activation-aware weight quantization (Lin et al., MLSys 2024), in-house.
+
+Per decoder layer, from the calibration activations entering each Linear:
+1. scale search: for every scale group (a norm or Linear feeding some Linears) try
+   ``s = mean|x|^α`` (optionally ``/ mean|w|^(1-α)``, "duo") for α in ``[0, 1)`` and keep the α that
+   minimises the group's output error after fake quantization; fold ``1/s`` into the preceding op
+   and ``s`` into the Linears (exact in full precision);
+2. clip search: per Linear (not q/k) and per (output row, input group), shrink the quantization
+   range to ``r·max|w|`` for r in ``[1 - max_shrink, 1]`` and keep the best r;
+3. quantize with the one group-wise quantizer.
+
+Output error uses the linear proxy ``‖X Eᵀ‖² = tr(E G Eᵀ)`` with ``G = XᵀX`` accumulated once per
+input set, so a grid point costs O(out·in²) and never touches the tokens again. Candidates are
+evaluated in batched tensor ops. Inputs to later layers come from the full-precision (scaled)
+model: scaling is exact, so they are the layer's FP outputs.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from methods.capture import InputStats, LayerwiseRunner, layer_linears
+from methods.mappings import ArchMapping, ScaleGroup, mapping_for
+from methods.quantizer import QuantSpec, fake_quantize
+from methods.registry import QuantResult, register
+from methods.rtn import spec_from
+from methods.targets import check_group_size, fake_quantize_linears, peak_rss_mb, target_linears, untie_head
+
+log = logging.getLogger(__name__)
+_CHUNK_ELEMENTS = 1 << 26  # bound the batched candidate tensors (~256 MB in fp32)
+
+
+def proxy_loss(E: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    """Σ over rows of e G eᵀ for E [..., out, in]: the output MSE (times tokens) of a weight error."""
+    return ((E @ gram) * E).sum(dim=(-1, -2))
+
+
+def candidate_scales(x_mean: torch.Tensor, n_grid: int, w_mean: torch.Tensor | None = None) -> torch.Tensor:
+    """[n_grid, in] scales for α = 0, 1/n, ..., (n-1)/n, normalised so that max·min = 1."""
+    alphas = torch.arange(n_grid, dtype=torch.float32).unsqueeze(1) / n_grid
+    x = x_mean.clamp_min(1e-4).unsqueeze(0)
+    s = x.pow(alphas)
+    if w_mean is not None:
+        s = s / w_mean.clamp_min(1e-4).unsqueeze(0).pow(1 - alphas)
+    s = s.clamp_min(1e-4)
+    return s / (s.amax(dim=1, keepdim=True) * s.amin(dim=1, keepdim=True)).sqrt()
+
+
+def search_scale(weight: torch.Tensor, stats: InputStats, spec: QuantSpec, n_grid: int, duo: bool = False):
+    """Best per-input-channel scale for the stacked weights [out, in] of one group.
+    Returns (scale [in], α index, losses per α)."""
+    W = weight.float()
+    w_mean = None
+    if duo:
+        g = spec.group_len(W.shape[1])
+        wg = W.abs().view(W.shape[0], -1, g)
+        w_mean = (wg / wg.amax(dim=-1, keepdim=True).clamp_min(1e-8)).view_as(W).mean(dim=0)
+    scales = candidate_scales(stats.mean_abs, n_grid, w_mean)
+    chunk = max(1, _CHUNK_ELEMENTS // W.numel())
+    losses = []
+    for c in range(0, n_grid, chunk):
+        s = scales[c : c + chunk].unsqueeze(1)  # [k, 1, in]
+        E = W - fake_quantize(W * s, spec) / s
+        losses.append(proxy_loss(E, stats.gram))
+    losses = torch.cat(losses)
+    best = int(torch.argmin(losses))
+    return scales[best], best, losses
+
+
+def search_clip(weight: torch.Tensor, stats: InputStats, spec: QuantSpec, max_shrink: float, n_grid: int):
+    """Per (output row, input group) clip value minimising that group's output error
+    ``e G_gg eᵀ`` (the diagonal block of the Gram matrix). Returns clip [out, n_groups]."""
+    W = weight.float()
+    out_f, in_f = W.shape
+    g = spec.group_len(in_f)
+    ng = in_f // g
+    blocks = stats.gram.view(ng, g, ng, g).diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # [ng, g, g]
+    absmax = W.view(out_f, ng, g).abs().amax(dim=-1)
+    best_err = torch.full((out_f, ng), float("inf"))
+    best_clip = absmax.clone()
+    for i in range(max(1, int(max_shrink * n_grid))):
+        clip = absmax * (1 - i / n_grid)
+        E = (fake_quantize(W, spec, clip) - W).view(out_f, ng, g)
+        err = torch.einsum("ong,ngh,onh->on", E, blocks, E)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_clip = torch.where(better, clip, best_clip)
+    return best_clip
+
+
+@torch.no_grad()
+def fold_scale(layer: torch.nn.Module, group: ScaleGroup, scale: torch.Tensor, mapping: ArchMapping) -> None:
+    """Divide the preceding op's output by ``scale`` and multiply the Linears' inputs by it (exact)."""
+    prev = layer.get_submodule(group.prev)
+    if isinstance(prev, torch.nn.Linear):
+        prev.weight.div_(scale.view(-1, 1).to(prev.weight.dtype))
+        if prev.bias is not None:
+            prev.bias.div_(scale.to(prev.bias.dtype))
+    elif mapping.norm_plus_one:
+        prev.weight.copy_((1 + prev.weight.float()) / scale - 1)
+    else:
+        prev.weight.div_(scale.to(prev.weight.dtype))
+        if getattr(prev, "bias", None) is not None:
+            prev.bias.div_(scale.to(prev.bias.dtype))
+    for name in group.linears:
+        lin = layer.get_submodule(name)
+        lin.weight.mul_(scale.view(1, -1).to(lin.weight.dtype))
+
+
+def can_fold(layer, group: ScaleGroup) -> bool:
+    """A Linear→Linear fold needs the previous Linear's outputs to line up 1:1 with the next inputs
+    (false for v→o under grouped-query attention)."""
+    prev = layer.get_submodule(group.prev)
+    if not isinstance(prev, torch.nn.Linear):
+        return True
+    return all(prev.out_features == layer.get_submodule(n).in_features for n in group.linears)
+
+
+@register("awq")
+class AWQ:
+    default_scale, default_clip = True, True
+
+    def quantize(self, model, calib, cfg) -> QuantResult:
+        t0 = time.perf_counter()
+        spec = spec_from(cfg)
+        do_scale = getattr(cfg, "scale", self.default_scale)
+        do_clip = getattr(cfg, "clip", self.default_clip)
+        mapping = mapping_for(model)
+        if cfg.quantize_lm_head:
+            untie_head(model)
+        targets = target_linears(model, include_lm_head=cfg.quantize_lm_head)
+        check_group_size(targets, spec)
+        if calib is None:
+            raise ValueError(f"{self.name} needs calibration data")
+        runner = LayerwiseRunner(model, mapping, calib.input_ids, getattr(cfg, "batch_size", 8))
+        stats_out, qweights, skipped = [], {}, set()
+        for i in tqdm(range(len(runner.layers)), desc=f"{self.name}: layers", unit="layer"):
+            layer = runner.layers[i]
+            linears = layer_linears(layer)
+            stats = runner.collect_stats(i, linears, mapping, also_advance=True)
+            layer_info = {"layer": f"{mapping.layers}.{i}"}
+            if do_scale:
+                for group in mapping.scale_groups:
+                    if not all(n in linears for n in group.linears):
+                        continue
+                    if not can_fold(layer, group):
+                        skipped.add(f"{group.prev}->{','.join(group.linears)}")
+                        continue
+                    W = torch.cat([linears[n].weight for n in group.linears])
+                    st = stats[group.linears[0]]
+                    scale, best, losses = search_scale(W, st, spec, cfg.n_grid, cfg.duo_scaling)
+                    fold_scale(layer, group, scale, mapping)
+                    st.gram.div_(scale.view(-1, 1) * scale.view(1, -1))  # inputs are now x / s
+                    st.abs_sum.div_(scale)
+                    layer_info[f"alpha[{group.prev}]"] = best / cfg.n_grid
+                    layer_info[f"loss_vs_rtn[{group.prev}]"] = float(losses[best] / losses[0].clamp_min(1e-30))
+            clips = {}
+            if do_clip:
+                for name, lin in linears.items():
+                    if name.split(".")[-1] not in mapping.no_clip:
+                        clips[name] = search_clip(lin.weight, stats[name], spec, cfg.max_shrink, cfg.n_grid)
+            full = {f"{mapping.layers}.{i}.{n}": lin for n, lin in linears.items()}
+            st, qw = fake_quantize_linears(full, spec, clips={f"{mapping.layers}.{i}.{n}": c for n, c in clips.items()})
+            stats_out.append({**layer_info, "weight_mse": sum(s["weight_mse"] for s in st) / len(st)})
+            qweights.update(qw)
+        rest = {n: m for n, m in targets.items() if n not in qweights}
+        if rest:  # Linears outside the decoder layers (e.g. an output head when asked): plain RTN
+            st, qw = fake_quantize_linears(rest, spec)
+            qweights.update(qw)
+        if skipped:
+            log.warning("%s: scale groups skipped (shapes do not allow folding, e.g. GQA): %s",
+                        self.name, ", ".join(sorted(skipped)))
+        return QuantResult(self.name, time.perf_counter() - t0, peak_rss_mb(), stats_out, qweights)
+
+
+@register("awq_scale")
+class AWQScaleOnly(AWQ):
+    """Ablation: activation-aware scaling without the clipping search."""
+
+    default_clip = False
+
+
+@register("awq_clip")
+class AWQClipOnly(AWQ):
+    """Ablation: the clipping search alone (no scaling)."""
+
+    default_scale = False

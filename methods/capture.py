@@ -1,0 +1,135 @@
+"""Layer-by-layer calibration: cache one decoder layer's inputs at a time (AWQ and GPTQ share this).
+
+``LayerwiseRunner`` feeds the calibration windows to the first decoder layer, records the keyword
+arguments every layer receives (position embeddings, masks: they differ per layer type in Gemma 3),
+and then walks the layers: for each one it can accumulate input statistics of its Linears
+(``collect_stats``) and advance the cached hidden states through it (``advance``). Memory stays at
+about one layer's activations.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from methods.mappings import ArchMapping
+
+
+class _Recorder(nn.Module):
+    """Stands in for a decoder layer during the first pass: records its inputs, returns them unchanged."""
+
+    def __init__(self, keep_hidden: bool):
+        super().__init__()
+        self.keep_hidden = keep_hidden
+        self.hidden: list[torch.Tensor] = []
+        self.kwargs: list[dict] = []
+
+    def forward(self, hidden_states, *args, **kwargs):
+        if self.keep_hidden:
+            self.hidden.append(hidden_states.detach())
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value", "cache")}
+        kwargs["use_cache"] = False
+        self.kwargs.append(kwargs)
+        return hidden_states
+
+
+@dataclass
+class InputStats:
+    """Running statistics of a Linear's input: Gram matrix XᵀX, Σ|x| per channel, token count."""
+
+    gram: torch.Tensor
+    abs_sum: torch.Tensor
+    tokens: int = 0
+
+    @classmethod
+    def empty(cls, width: int) -> "InputStats":
+        return cls(torch.zeros(width, width), torch.zeros(width))
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).float()
+        self.gram.addmm_(x.T, x)
+        self.abs_sum += x.abs().sum(dim=0)
+        self.tokens += x.shape[0]
+
+    @property
+    def mean_abs(self) -> torch.Tensor:
+        return self.abs_sum / max(self.tokens, 1)
+
+
+def decoder_layers(model: nn.Module, mapping: ArchMapping) -> nn.ModuleList:
+    return operator.attrgetter(mapping.layers)(model)
+
+
+def layer_linears(layer: nn.Module) -> dict[str, nn.Linear]:
+    return {n: m for n, m in layer.named_modules() if isinstance(m, nn.Linear)}
+
+
+def _layer_output(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@dataclass
+class LayerwiseRunner:
+    model: nn.Module
+    mapping: ArchMapping
+    input_ids: torch.Tensor  # [n_samples, seqlen]
+    batch_size: int = 8
+    hidden: list[torch.Tensor] = field(default_factory=list)  # current layer's inputs, per batch
+    kwargs: list[list[dict]] = field(default_factory=list)  # [layer][batch]
+
+    def __post_init__(self):
+        self.layers = decoder_layers(self.model, self.mapping)
+        self._record_inputs()
+
+    @torch.no_grad()
+    def _record_inputs(self) -> None:
+        originals = list(self.layers)
+        recorders = [_Recorder(keep_hidden=(i == 0)) for i in range(len(originals))]
+        base = self.model.get_decoder() if hasattr(self.model, "get_decoder") else self.model.model
+        try:
+            for i, r in enumerate(recorders):
+                self.layers[i] = r
+            for b in range(0, len(self.input_ids), self.batch_size):
+                base(input_ids=self.input_ids[b : b + self.batch_size].to(self.device), use_cache=False)
+        finally:
+            for i, layer in enumerate(originals):
+                self.layers[i] = layer
+        self.hidden = recorders[0].hidden
+        self.kwargs = [r.kwargs for r in recorders]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def collect_stats(self, index: int, linears: dict[str, nn.Linear], mapping: ArchMapping,
+                      also_advance: bool = False) -> dict[str, InputStats]:
+        """Input statistics of each Linear of layer ``index`` (shared inputs computed once).
+        With ``also_advance`` the same forward pass also moves the hidden states to the next layer."""
+        stats: dict[str, InputStats] = {}
+        hooks = []
+        for name, lin in linears.items():
+            shared = [n for n in mapping.input_set_of(name) if n in linears]
+            if shared[0] != name:
+                continue  # the first Linear of a shared-input set collects for all of them
+            st = InputStats.empty(lin.in_features)
+            for n in shared:
+                stats[n] = st
+            hooks.append(lin.register_forward_hook(lambda m, args, out, st=st: st.add(args[0])))
+        try:
+            outs = [self._forward(index, b) for b in range(len(self.hidden))]
+        finally:
+            for h in hooks:
+                h.remove()
+        if also_advance:
+            self.hidden = outs
+        return stats
+
+    @torch.no_grad()
+    def advance(self, index: int) -> None:
+        self.hidden = [self._forward(index, b) for b in range(len(self.hidden))]
+
+    def _forward(self, index: int, batch: int) -> torch.Tensor:
+        return _layer_output(self.layers[index](self.hidden[batch], **self.kwargs[index][batch]))

@@ -1,0 +1,128 @@
+"""GPTQ (Frantar et al., ICLR 2023), in-house: quantize one column at a time and push each column's
+rounding error onto the not-yet-quantized columns through the inverse Hessian ``H = 2/n·XᵀX``.
+
+Lazy block updates (``block_size`` columns at a time), dampening (``damp_percent`` of the mean
+diagonal), optional ``act_order`` (columns by decreasing Hessian diagonal). With ``act_order`` the
+group parameters are fixed up front from the original weights ("static groups"), so groups stay
+contiguous in the original column order and the result packs into the AWQ layout without a g_idx.
+Layers are processed sequentially, each fed by its already-quantized predecessors.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from methods.capture import LayerwiseRunner, layer_linears
+from methods.mappings import mapping_for
+from methods.quantizer import PER_CHANNEL, QuantizedWeight, QuantSpec, codes_for, compute_qparams
+from methods.registry import QuantResult, register
+from methods.rtn import spec_from
+from methods.targets import check_group_size, fake_quantize_linears, peak_rss_mb, target_linears, untie_head
+
+
+def _block_size(requested: int, group: int) -> int:
+    """A block size whose boundaries line up with group boundaries, so that a group's parameters
+    are always computed from fully updated columns."""
+    if group <= requested:
+        return requested // group * group
+    return requested if group % requested == 0 else group
+
+
+@torch.no_grad()
+def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec, block_size: int = 128,
+                  damp_percent: float = 0.01, act_order: bool = False) -> tuple[QuantizedWeight, float]:
+    """Quantize ``weight`` [out, in] given ``hessian`` [in, in]. Returns the quantized weight and the
+    summed ``(w - q)² / d`` objective (GPTQ's proxy loss)."""
+    W = weight.detach().float().clone()
+    H = hessian.detach().float().clone()
+    out_f, in_f = W.shape
+    g = spec.group_len(in_f)
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+
+    static = act_order
+    if static:
+        scale_all, zero_all = compute_qparams(W, spec)  # [out, n_groups], from the original weights
+    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(in_f)
+    W, H = W[:, perm], H[perm][:, perm]
+
+    H += damp_percent * torch.mean(torch.diag(H)) * torch.eye(in_f)
+    try:
+        Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    except torch.linalg.LinAlgError:  # badly conditioned: dampen harder rather than fail
+        H += 0.1 * torch.mean(torch.diag(H)) * torch.eye(in_f)
+        Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+
+    codes = torch.zeros_like(W)
+    n_groups = in_f // g
+    scale = torch.zeros(out_f, n_groups)
+    zero = torch.zeros(out_f, n_groups)
+    loss = torch.zeros(out_f)
+    B = _block_size(block_size, g)
+    for i1 in range(0, in_f, B):
+        i2 = min(i1 + B, in_f)
+        W1 = W[:, i1:i2].clone()
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = i1 + i
+            grp = int(perm[col]) // g
+            if static:
+                s, z = scale_all[:, grp], zero_all[:, grp]
+            else:
+                if col % g == 0:  # start of a group: parameters from the updated weights
+                    seg = torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, :g]
+                    sg, zg = compute_qparams(seg, QuantSpec(spec.bits, PER_CHANNEL, spec.symmetric))
+                    scale[:, grp], zero[:, grp] = sg[:, 0], zg[:, 0]
+                s, z = scale[:, grp], zero[:, grp]
+            w = W1[:, i]
+            q = codes_for(w, s, z, spec)
+            dq = (q - z) * s
+            codes[:, col] = q
+            d = Hinv1[i, i]
+            err = (w - dq) / d
+            loss += (w - dq) ** 2 / d**2 / 2
+            W1[:, i:] -= err.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)
+            Err1[:, i] = err
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+
+    inv = torch.argsort(perm)
+    codes = codes[:, inv]
+    if static:
+        scale, zero = scale_all, zero_all
+    return QuantizedWeight(codes.to(torch.uint8), scale, zero, spec), float(loss.sum())
+
+
+@register("gptq")
+class GPTQ:
+    def quantize(self, model, calib, cfg) -> QuantResult:
+        t0 = time.perf_counter()
+        spec = spec_from(cfg)
+        mapping = mapping_for(model)
+        if cfg.quantize_lm_head:
+            untie_head(model)
+        targets = target_linears(model, include_lm_head=cfg.quantize_lm_head)
+        check_group_size(targets, spec)
+        if calib is None:
+            raise ValueError("gptq needs calibration data")
+        runner = LayerwiseRunner(model, mapping, calib.input_ids, cfg.batch_size)
+        stats_out, qweights = [], {}
+        for i in tqdm(range(len(runner.layers)), desc="gptq: layers", unit="layer"):
+            linears = layer_linears(runner.layers[i])
+            stats = runner.collect_stats(i, linears, mapping)
+            for name, lin in linears.items():
+                st = stats[name]
+                hessian = st.gram * (2.0 / max(st.tokens, 1))
+                qw, loss = gptq_quantize(lin.weight, hessian, spec, cfg.block_size, cfg.damp_percent, cfg.act_order)
+                lin.weight.data.copy_(qw.dequantize().to(lin.weight.dtype))
+                full = f"{mapping.layers}.{i}.{name}"
+                qweights[full] = qw
+                stats_out.append({"layer": full, "gptq_loss": loss})
+            runner.advance(i)  # the next layer sees this layer's quantized outputs
+        rest = {n: m for n, m in targets.items() if n not in qweights}
+        if rest:
+            qweights.update(fake_quantize_linears(rest, spec)[1])
+        return QuantResult("gptq", time.perf_counter() - t0, peak_rss_mb(), stats_out, qweights)
