@@ -21,6 +21,7 @@ GPTQ (AutoGPTQ / GPTQModel ``checkpoint_format="gptq"``, vLLM ``gptq``):
 """
 from __future__ import annotations
 
+import sys
 from typing import NamedTuple
 
 import torch
@@ -33,6 +34,8 @@ MAXQ = 2**BITS - 1
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble k holds column AWQ_ORDER[k] of its pack
 SEQUENTIAL_ORDER = tuple(range(PACK))
 GPTQ_ZERO_FORMATS = ("v1", "v2")
+if sys.byteorder != "little":  # the byte views below assume it (as do the checkpoint formats' producers)
+    raise ImportError("kernels.pack assumes a little-endian machine")
 
 
 class PackError(ValueError):
@@ -59,27 +62,25 @@ class GPTQTensors(NamedTuple):
 def pack_nibbles(values: torch.Tensor, order=SEQUENTIAL_ORDER) -> torch.Tensor:
     """Pack integers in ``[0, 15]`` along the last dim: ``[..., 8n] -> int32 [..., n]``.
 
-    Nibble k of each int32 receives column ``order[k]`` of its group of 8.
+    Nibble k of each int32 receives column ``order[k]`` of its group of 8. Built byte by byte: on a
+    little-endian machine byte b of a word holds nibble 2b in its low and nibble 2b+1 in its high half.
     """
     *lead, width = values.shape
     if width % PACK:
         raise PackError(f"cannot pack a last dimension of {width} values; it must be a multiple of {PACK}")
-    v = values.to(torch.int64).reshape(*lead, width // PACK, PACK)[..., list(order)]
-    shifts = torch.arange(0, 32, BITS, dtype=torch.int64, device=values.device)
-    words = (v << shifts).sum(dim=-1)  # disjoint bit fields: sum == bitwise or, < 2**32
-    words = torch.where(words >= 2**31, words - 2**32, words)  # reinterpret as signed int32
-    return words.to(torch.int32)
+    nibbles = values.to(torch.uint8).reshape(*lead, width // PACK, PACK)[..., list(order)]
+    words = nibbles[..., 0::2] | (nibbles[..., 1::2] << BITS)  # [..., n, 4] bytes
+    return words.contiguous().view(torch.int32).squeeze(-1)
 
 
 def unpack_nibbles(words: torch.Tensor, order=SEQUENTIAL_ORDER) -> torch.Tensor:
     """Inverse of :func:`pack_nibbles`: int32 ``[..., n] -> uint8 [..., 8n]`` in column order."""
     if words.dtype != torch.int32:
         raise PackError(f"packed tensors must be int32, got {words.dtype}")
-    shifts = torch.arange(0, 32, BITS, dtype=torch.int32, device=words.device)
-    nibbles = (words.unsqueeze(-1) >> shifts) & MAXQ  # nibble k of every word (sign bits masked off)
+    as_bytes = words.contiguous().reshape(-1).view(torch.uint8).reshape(*words.shape, 4)
+    nibbles = torch.stack([as_bytes & MAXQ, as_bytes >> BITS], dim=-1).reshape(*words.shape, PACK)
     inverse = sorted(range(PACK), key=lambda k: order[k])  # column j lives in nibble inverse[j]
-    columns = nibbles[..., inverse]
-    return columns.reshape(*words.shape[:-1], words.shape[-1] * PACK).to(torch.uint8)
+    return nibbles[..., inverse].reshape(*words.shape[:-1], words.shape[-1] * PACK)
 
 
 # ----------------------------------------------------------------------------------------------

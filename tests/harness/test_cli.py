@@ -61,7 +61,7 @@ def test_public_contract_line(tiny_llama_dir, texts, tmp_path):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["method=awk"], "unknown method 'awk'; choose one of: fp, rtn"),
+    (["method=awk"], "unknown method 'awk'; choose one of: awq, awq_clip, awq_scale, fp, gptq, rtn"),
     (["model=nope"], "unknown model 'nope'; choose one of: hub, path, smollm2-135m"),
     (["calib=poetry"], "unknown calib 'poetry'; choose one of:"),
     (["eval=huge"], "unknown eval 'huge'; choose one of: full, perplexity, quick"),
