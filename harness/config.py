@@ -75,14 +75,40 @@ class EvalConfig:
 
 
 @dataclass
+class ExportConfig:
+    dir: Optional[str] = None  # write an AWQ-GEMM packed checkpoint here after quantizing (4-bit, grouped)
+
+
+@dataclass
 class HarnessConfig:
     model: Any = None
     method: Any = None
     calib: Any = None
     eval: Any = None
+    export: ExportConfig = field(default_factory=ExportConfig)
     seed: int = 0
     cache_dir: str = "results/cache"
+    store_dir: str = "results/store"  # every run also appends its rows here (harness/store.py)
+    resume: bool = True  # in a --multirun, skip configs whose config_hash already has rows in store_dir
     reference: bool = True  # also report the FP reference rows (cached) next to a quantized method
+
+
+@dataclass
+class RegressConfig:
+    """`python -m harness.regress` tolerances: when a current metric counts as a regression."""
+    ppl_rel_tol: float = 0.01  # lower-is-better metrics (ppl, nll, kl): relative increase allowed
+    score_stderr_tol: float = 2.0  # other metrics: drop allowed, in combined standard errors
+    fail_on_missing: bool = True  # a baseline metric absent from the current results fails
+
+
+@dataclass
+class DecisionConfig:
+    """How `python -m harness.report` recommends a variant."""
+    ppl_rel_tol: float = 0.02  # "within tolerance": perplexity-like metric at most 2% above FP
+    score_abs_tol: float = 0.02  # ... or a score at most 0.02 (2 points of a rate) below FP
+    confidence: float = 0.95  # bootstrap interval for "no significant difference"
+    n_boot: int = 2000
+    seed: int = 0
 
 
 SCHEMAS = {

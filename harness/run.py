@@ -26,6 +26,9 @@ def config_hash(cfg) -> str:
     """Hash of everything that changes the numbers (not run dirs or cache locations)."""
     d = OmegaConf.to_container(cfg, resolve=True)
     d.pop("cache_dir", None)
+    d.pop("store_dir", None)
+    d.pop("resume", None)
+    d.pop("export", None)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -45,6 +48,45 @@ def validate_static(cfg) -> None:
         perplexity.read_text(Path(t).expanduser())
     if cfg.calib.name == "file" and cfg.calib.path and not Path(cfg.calib.path).expanduser().is_file():
         raise HarnessError(f"calibration file not found: {cfg.calib.path}")
+    if cfg.export.dir:
+        check_export(cfg)
+
+
+def check_export(cfg) -> None:
+    """An AWQ-GEMM checkpoint holds 4-bit grouped asymmetric-format weights in a fresh directory."""
+    if cfg.method.name == "fp":
+        raise HarnessError("export.dir needs a quantizing method (rtn, awq, gptq, ...), not method=fp")
+    if cfg.method.bits != 4 or cfg.method.group_size < 1:
+        raise HarnessError(f"export.dir writes 4-bit grouped AWQ-GEMM checkpoints; got method.bits={cfg.method.bits} "
+                           f"method.group_size={cfg.method.group_size} (use bits=4 and a positive group size)")
+    if cfg.method.quantize_lm_head:
+        raise HarnessError("export.dir does not support method.quantize_lm_head=true (serving stacks expect an FP head)")
+    out = Path(cfg.export.dir).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise HarnessError(f"export.dir={cfg.export.dir} already exists and is not an empty directory; "
+                           "choose a new path (nothing is overwritten)")
+
+
+def export_quantized(model, tok, result, cfg) -> Path:
+    """Pack the quantized weights into QuantLinear layers and write the checkpoint atomically
+    (a temporary sibling directory renamed into place)."""
+    import shutil
+    import tempfile
+
+    from kernels.export import export_checkpoint
+
+    out = Path(cfg.export.dir).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        export_checkpoint(model, tok, result.qweights, cfg.method.group_size, tmp)
+        if out.exists():
+            out.rmdir()  # check_export allowed only an empty directory
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
 
 
 def _reference_cache(cfg, fingerprint: str, suite: str, data) -> Path:
@@ -115,11 +157,15 @@ def run(cfg, out_dir: Path):
                       "group_size": cfg.method.group_size, "quant_seconds": result.seconds} for r in out.rows]
     else:
         result = methods.get("fp").quantize(model, calib, cfg.method)
+    if cfg.export.dir:
+        t1 = time.perf_counter()
+        where = export_quantized(model, tok, result, cfg)
+        print(f"[harness] exported AWQ-GEMM checkpoint to {where} in {time.perf_counter() - t1:.1f}s")
 
     common = {
         "run_id": out_dir.name, "started_at": started, "git_sha": results.git_sha(), "model": cfg.model.name,
         "calib": cfg.calib.name if cfg.calib.name != "file" else f"file:{Path(cfg.calib.path).name}",
         "calib_samples": calib.n_samples, "calib_seqlen": calib.seqlen, "config_hash": config_hash(cfg),
-        "versions": results.versions(), "model_note": cfg.model.note,
+        "versions": results.versions(), "model_note": cfg.model.note, **results.size_columns(model, cfg.method),
     }
     return results.to_frame([{**common, **r} for r in rows]), result
