@@ -1,0 +1,153 @@
+"""Fidelity of a (quantized) model to the FP model on a suite's own (prompt, reference answer) pairs.
+
+Teacher forcing: each rendered prompt is followed by its reference answer (HumanEval's canonical
+solution, the expected JSON, ...) and both models are scored at every answer position.
+
+What the FP run caches (``fp_reference``): the FP model's top-``k`` log-probabilities and token ids at
+each answer position, not the full distribution. Full float32 log-softmax rows cost vocab × 4 bytes
+(196 kB for a 49k vocabulary) per position — about 4 GB for HumanEval's ~20k answer tokens — while
+top-64 costs 512 B per position (~10 MB). KL is then computed on the coarse-grained distribution
+{top-k tokens of FP, everything else}:
+
+    KL_k = Σ_{v∈S} P(v) log(P(v)/Q(v)) + P(rest) log(P(rest)/Q(rest))
+
+By the data-processing inequality KL_k ≤ KL(P‖Q), with equality when the quantized model spreads
+the tail like FP does; the tail mass of an instruct model's top-64 is small, so the gap is small.
+The tests check KL_k against the exact KL.
+
+Every metric is a per-item mean (item = one prompt); rows carry ``samples`` (per-item values in item
+order), ``n`` (items) and a standard error over items.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from harness.errors import HarnessError
+from harness.eval.generation import encode_prompt
+
+
+@dataclass
+class FidelityReference:
+    """Per item: FP top-k log-probs and ids at each answer position, shapes [answer_len, k]."""
+    logprobs: list[torch.Tensor]  # float32
+    indices: list[torch.Tensor]  # int32
+    top_k: int
+
+
+def metric_row(task: str, metric: str, samples: Sequence[float], binary: bool = False) -> dict:
+    """A result row whose value is the mean of per-item ``samples``. Binary metrics (pass@1, exact
+    match) get the binomial standard error sqrt(p(1-p)/n); others the standard error of the mean."""
+    xs = [float(x) for x in samples]
+    n = len(xs)
+    if n == 0:
+        return {"task": task, "metric": metric, "value": float("nan"), "stderr": float("nan"), "n": 0,
+                "samples": []}
+    mean = sum(xs) / n
+    if binary:
+        stderr = math.sqrt(mean * (1 - mean) / n)
+    elif n > 1:
+        stderr = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1) / n)
+    else:
+        stderr = float("nan")
+    return {"task": task, "metric": metric, "value": mean, "stderr": stderr, "n": n, "samples": xs}
+
+
+def _encode_pairs(tok, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], int]]:
+    """(ids, answer_start) per pair; prompt and answer are tokenized apart so the boundary is exact."""
+    out = []
+    for prompt, answer in pairs:
+        p = encode_prompt(tok, prompt)
+        a = tok(answer, add_special_tokens=False)["input_ids"]
+        if not p or not a:
+            raise HarnessError("fidelity pairs need a non-empty prompt and reference answer")
+        out.append((p + a, len(p)))
+    return out
+
+
+@torch.no_grad()
+def answer_logprobs(model, tok, pairs: Sequence[tuple[str, str]], batch_size: int, desc: str = "fidelity"):
+    """Yield (log-softmax rows [answer_len, vocab], answer token ids [answer_len]) per pair, in order.
+
+    Batches are right-padded: causal attention keeps real positions independent of the padding, and a
+    fixed batching makes the FP and quantized passes see identical shapes.
+    """
+    encoded = _encode_pairs(tok, pairs)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    for start in tqdm(range(0, len(encoded), batch_size), desc=desc, unit="batch", leave=False):
+        chunk = encoded[start:start + batch_size]
+        width = max(len(ids) for ids, _ in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, (row, _) in enumerate(chunk):
+            ids[i, :len(row)] = torch.tensor(row)
+            mask[i, :len(row)] = 1
+        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), use_cache=False).logits
+        for i, (row, a0) in enumerate(chunk):
+            # logits at position t predict token t+1
+            lp = F.log_softmax(logits[i, a0 - 1:len(row) - 1].float(), dim=-1).cpu()
+            if not torch.isfinite(lp).all():
+                raise HarnessError(f"the model produced NaN/inf logits ({desc}); the quantized weights are broken")
+            yield lp, torch.tensor(row[a0:])
+
+
+def fp_reference(model, tok, pairs: Sequence[tuple[str, str]], *, task: str, top_k: int, batch_size: int):
+    """Score the FP model: returns (``answer_nll`` rows for ``task``, FidelityReference to cache)."""
+    lps, idxs, nll = [], [], []
+    for lp, target in answer_logprobs(model, tok, pairs, batch_size, desc="fidelity FP"):
+        k = min(top_k, lp.shape[-1])
+        vals, ind = lp.topk(k, dim=-1)
+        lps.append(vals.clone())
+        idxs.append(ind.to(torch.int32))
+        nll.append(-lp.gather(-1, target[:, None]).mean().item())
+    return [metric_row(task, "answer_nll", nll)], FidelityReference(lps, idxs, top_k)
+
+
+def coarse_kl(p_top: torch.Tensor, p_idx: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
+    """KL between {top-k of P, rest} coarse-grainings of P and Q, per position.
+
+    p_top: P's top-k log-probs [T, k]; p_idx: their token ids [T, k]; q_log: Q's full log-probs [T, V]."""
+    q_top = q_log.gather(-1, p_idx.long())
+    p_mass, q_mass = p_top.exp(), q_top.exp()
+    kl = (p_mass * (p_top - q_top)).sum(-1)
+    p_rest = (1 - p_mass.sum(-1)).clamp(min=0)
+    q_rest = (1 - q_mass.sum(-1)).clamp(min=1e-30)
+    tail = torch.where(p_rest > 1e-12, p_rest * (p_rest.clamp(min=1e-30).log() - q_rest.log()), torch.zeros_like(p_rest))
+    return (kl + tail).clamp(min=0)
+
+
+def fidelity_rows(model, tok, pairs: Sequence[tuple[str, str]], reference: FidelityReference | None, *,
+                  task: str, batch_size: int) -> list[dict]:
+    """Rows for ``task``: ``answer_nll`` always; with an FP ``reference`` also ``kl_to_fp`` (mean over
+    answer tokens of KL(FP‖model), nats) and ``top1_agree_fp`` (share of answer positions whose argmax
+    equals FP's)."""
+    if reference is None:
+        return fp_reference(model, tok, pairs, task=task, top_k=1, batch_size=batch_size)[0]
+    if len(reference.logprobs) != len(pairs):
+        raise HarnessError(f"FP fidelity reference has {len(reference.logprobs)} items, the suite has {len(pairs)}; "
+                           f"delete the FP reference cache and rerun")
+    kl, agree, nll = [], [], []
+    scored = answer_logprobs(model, tok, pairs, batch_size, desc="fidelity")
+    for (lp, target), p_top, p_idx in zip(scored, reference.logprobs, reference.indices):
+        kl.append(coarse_kl(p_top, p_idx, lp).mean().item())
+        agree.append((lp.argmax(-1) == p_idx[:, 0].long()).double().mean().item())
+        nll.append(-lp.gather(-1, target[:, None]).mean().item())
+    return [metric_row(task, "answer_nll", nll), metric_row(task, "kl_to_fp", kl),
+            metric_row(task, "top1_agree_fp", agree)]
+
+
+def exact_match_rows(outputs: Sequence[str], fp_outputs: Sequence[str] | None, *, task: str) -> list[dict]:
+    """Share of greedy outputs identical (up to surrounding whitespace) to the FP model's; none on the
+    FP run itself."""
+    if fp_outputs is None:
+        return []
+    if len(outputs) != len(fp_outputs):
+        raise HarnessError(f"FP outputs have {len(fp_outputs)} items, the suite has {len(outputs)}; "
+                           f"delete the FP reference cache and rerun")
+    return [metric_row(task, "exact_match_fp", [float(a.strip() == b.strip()) for a, b in zip(outputs, fp_outputs)],
+                       binary=True)]

@@ -1,0 +1,106 @@
+"""Prompt rendering and batched greedy decoding shared by the generation suites.
+
+Prompts go through the tokenizer's chat template (instruct models); a tokenizer without one gets the
+messages as plain text (base models). Decoding is greedy, batched with left padding so every row's
+next token sits in the last column, and each row stops at EOS or at the first stop string.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+
+def has_chat_template(tok) -> bool:
+    return bool(getattr(tok, "chat_template", None))
+
+
+def render_chat(tok, messages: list[dict], tools: list[dict] | None = None) -> str:
+    """The text the model sees before its answer (generation prompt included)."""
+    if has_chat_template(tok):
+        return tok.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
+    parts = []
+    if tools:
+        parts.append("Available functions:\n" + "\n".join(json.dumps(t) for t in tools))
+    parts += [m["content"] for m in messages]
+    return "\n\n".join(parts) + "\n\n"
+
+
+def encode_prompt(tok, text: str) -> list[int]:
+    """Token ids of a rendered prompt. A chat template already writes its special tokens; plain
+    prompts for base models get the tokenizer's own (e.g. BOS)."""
+    return tok(text, add_special_tokens=not has_chat_template(tok))["input_ids"]
+
+
+def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
+    cuts = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return text[: min(cuts)] if cuts else text
+
+
+def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r):] = 1
+    return ids, mask
+
+
+def _cache_kwarg(model) -> str:
+    """transformers renamed ``past_key_values`` to ``cache`` during 5.x; use what this version takes."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+@torch.no_grad()
+def _generate_batch(model, tok, rows: list[list[int]], max_new_tokens: int, stop: Sequence[str]) -> list[str]:
+    eos = tok.eos_token_id
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+    ids, mask = _left_pad(rows, pad)
+    ids, mask = ids.to(model.device), mask.to(model.device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    new = [[] for _ in rows]
+    done = [False] * len(rows)
+    from transformers import DynamicCache
+
+    cache = {_cache_kwarg(model): DynamicCache(config=model.config)}  # filled in place by each forward
+    step_ids = ids
+    for _ in range(max_new_tokens):
+        out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, use_cache=True, **cache)
+        nxt = out.logits[:, -1].float().argmax(-1)
+        for i, t in enumerate(nxt.tolist()):
+            if done[i]:
+                continue
+            if t == eos:
+                done[i] = True
+                continue
+            new[i].append(t)
+            # only the tail can contain a fresh stop string; decoding it keeps this O(1) per step
+            if stop and any(s in tok.decode(new[i][-32:], skip_special_tokens=False) for s in stop):
+                done[i] = True
+        if all(done):
+            break
+        step_ids = nxt.unsqueeze(-1)
+        mask = torch.cat([mask, torch.ones_like(step_ids)], dim=-1)
+        positions = positions[:, -1:] + 1
+    return [truncate_at_stop(tok.decode(n, skip_special_tokens=True), stop) for n in new]
+
+
+def greedy_generate(model, tok, prompts: list[str], max_new_tokens: int, stop: Sequence[str] = (),
+                    *, batch_size: int, desc: str = "generate") -> list[str]:
+    """Greedy continuations of rendered ``prompts`` (same order), each cut before its first stop string.
+
+    Prompts are batched by length (less padding); outputs do not depend on the batch size beyond
+    floating-point noise, which the tests check on a random model.
+    """
+    encoded = [encode_prompt(tok, p) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    outputs: list[str] = [""] * len(prompts)
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
+        idx = order[start:start + batch_size]
+        for i, text in zip(idx, _generate_batch(model, tok, [encoded[i] for i in idx], max_new_tokens, stop)):
+            outputs[i] = text
+    return outputs
