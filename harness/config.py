@@ -83,6 +83,17 @@ class ExportConfig:
 
 
 @dataclass
+class SandboxConfig:
+    """Limits for running model-written code (harness/eval/sandbox.py)."""
+    wall_seconds: float = 10.0
+    cpu_seconds: int = 10
+    memory_mb: int = 1024  # address space
+    max_processes: int = 64
+    max_file_mb: int = 16
+    max_open_files: int = 64
+
+
+@dataclass
 class HarnessConfig:
     model: Any = None
     method: Any = None
