@@ -123,6 +123,7 @@ def can_fold(layer, group: ScaleGroup) -> bool:
 class AWQ:
     default_scale, default_clip = True, True
 
+    @torch.no_grad()
     def quantize(self, model, calib, cfg) -> QuantResult:
         t0 = time.perf_counter()
         spec = spec_from(cfg)
