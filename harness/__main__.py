@@ -43,7 +43,11 @@ def main(cfg) -> None:
     try:
         from harness.run import run
         from harness.report import write_run_outputs
+        from harness.store import done_before
 
+        if done_before(cfg, HydraConfig.get().mode):  # a resumed sweep skips configs already stored
+            _remove_partial(out_dir)
+            return
         df, _ = run(cfg, out_dir)
         write_run_outputs(df, cfg, out_dir)
     except HarnessError as e:

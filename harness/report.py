@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from harness import results
+from harness import results, store
 
 
 def render(df, title: str = "quant-harness report") -> str:
@@ -43,10 +43,11 @@ def write_run_outputs(df, cfg, out_dir: Path) -> None:
     results.write(df, out_dir)
     report = render(df, title=f"Run {out_dir.name}")
     results.write_text(out_dir / "report.md", report)
+    stored = store.append(df, cfg.store_dir, cfg.method.name)  # last: its presence marks the run complete
     table = results.comparison(df)
     print()
     print(results.markdown_table(table) if not table.empty else "(no perplexity rows)")
-    print(f"\n[harness] wrote {out_dir}/results.csv, results.parquet, report.md")
+    print(f"\n[harness] wrote {out_dir}/results.csv, results.parquet, report.md; stored {stored}")
 
 
 def main(argv=None) -> int:

@@ -15,8 +15,27 @@ COLUMNS = [
     "calib_seqlen", "suite", "task", "metric", "value", "stderr", "n", "quant_seconds", "eval_seconds",
     "config_hash", "versions",
 ]
-# per-suite detail columns kept next to the schema (perplexity: windows, tokens, seqlen)
-EXTRA_COLUMNS = ["windows", "tokens", "seqlen", "source", "model_note"]
+# per-suite detail columns kept next to the schema (perplexity: windows, tokens, seqlen) and what
+# the model-size estimate needs (see weight_bytes)
+EXTRA_COLUMNS = ["windows", "tokens", "seqlen", "source", "model_note", "symmetric", "params_total",
+                 "params_quantized", "quant_groups"]
+SAMPLES = "samples"  # optional per-item list of floats on a row; kept out of results.csv
+# within one run a row is identified by these (the FP reference rows differ from the method's by method)
+ROW_KEY = ["config_hash", "method", "suite", "task", "metric"]
+
+# Direction of every metric, one rule: perplexity-like metrics (these names and prefixes) are
+# lower-is-better; every other metric (pass@1, json_valid, accuracy, ...) is higher-is-better.
+LOWER_IS_BETTER_PREFIXES = ("ppl_", "nll", "kl")
+LOWER_IS_BETTER_NAMES = ("ppl_token",)
+
+
+def lower_is_better(metric: str) -> bool:
+    m = str(metric)
+    return m in LOWER_IS_BETTER_NAMES or m.startswith(LOWER_IS_BETTER_PREFIXES)
+
+
+def is_perplexity(metric: str) -> bool:
+    return str(metric).startswith("ppl")
 
 
 def git_sha() -> str:
@@ -54,7 +73,8 @@ def to_frame(rows: list[dict]) -> pd.DataFrame:
     return df[COLUMNS + EXTRA_COLUMNS + [c for c in df.columns if c not in COLUMNS + EXTRA_COLUMNS]]
 
 
-def _atomic(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` on a hidden temp file next to ``path``, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -68,13 +88,81 @@ def _atomic(path: Path, write) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    _atomic(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def split_samples(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rows without the samples column, long table ROW_KEY + item + value)."""
+    if SAMPLES not in df.columns:
+        return df, pd.DataFrame(columns=ROW_KEY + ["item", "value"])
+    long = []
+    for _, r in df[df[SAMPLES].map(_has_samples)].iterrows():
+        key = {k: r[k] for k in ROW_KEY}
+        long += [{**key, "item": i, "value": float(v)} for i, v in enumerate(r[SAMPLES])]
+    return df.drop(columns=[SAMPLES]), pd.DataFrame(long, columns=ROW_KEY + ["item", "value"])
+
+
+def _has_samples(v) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v)) and len(v) > 0
+
+
+def attach_samples(df: pd.DataFrame, long: pd.DataFrame) -> pd.DataFrame:
+    """Inverse of split_samples: a list column ``samples`` (None where a row has none)."""
+    df = df.copy()
+    lists = {k: g.sort_values("item")["value"].tolist() for k, g in long.groupby(ROW_KEY, sort=False)}
+    df[SAMPLES] = [lists.get(tuple(r[k] for k in ROW_KEY)) for _, r in df.iterrows()]
+    return df
 
 
 def write(df: pd.DataFrame, run_dir: Path) -> None:
+    """results.parquet + results.csv (no samples) and, when rows carry samples, samples.parquet."""
     run_dir = Path(run_dir)
-    _atomic(run_dir / "results.parquet", lambda tmp: df.to_parquet(tmp, index=False))
-    _atomic(run_dir / "results.csv", lambda tmp: df.to_csv(tmp, index=False))
+    rows, long = split_samples(df)
+    if not long.empty:
+        atomic_write(run_dir / "samples.parquet", lambda tmp: long.to_parquet(tmp, index=False))
+    atomic_write(run_dir / "results.parquet", lambda tmp: rows.to_parquet(tmp, index=False))
+    atomic_write(run_dir / "results.csv", lambda tmp: rows.to_csv(tmp, index=False))
+
+
+def _read_run_file(f: Path) -> pd.DataFrame:
+    df = pd.read_parquet(f) if f.suffix == ".parquet" else pd.read_csv(f)
+    sidecar = f.parent / "samples.parquet"
+    if sidecar.is_file() and SAMPLES not in df.columns:
+        df = attach_samples(df, pd.read_parquet(sidecar))
+    return df
+
+
+def size_columns(model, method_cfg) -> dict:
+    """What weight_bytes needs: parameter counts and how many quantization groups the targets hold."""
+    from methods.targets import target_linears
+
+    linears = target_linears(model, bool(method_cfg.get("quantize_lm_head", False)))
+    group = int(method_cfg.get("group_size", -1) or -1)
+    quantized = sum(m.weight.numel() for m in linears.values())
+    groups = sum(m.out_features * (m.in_features // group if group > 0 else 1) for m in linears.values())
+    return {"params_total": sum(p.numel() for p in model.parameters()), "params_quantized": quantized,
+            "quant_groups": groups, "symmetric": bool(method_cfg.get("symmetric", False))}
+
+
+FP_STORAGE_BITS = 16  # unquantized tensors (and the whole FP model) are counted as fp16/bf16
+
+
+def weight_bytes(row) -> float:
+    """Bytes of the deployed weights: packed integer codes, one fp16 scale per group (plus an
+    integer zero point per group when asymmetric) and everything not quantized at 16 bits.
+    A method that knows better (mixed precision) may put its own ``weight_bytes`` in its rows."""
+    own = row.get("weight_bytes") if hasattr(row, "get") else None
+    if own is not None and not pd.isna(own):
+        return float(own)
+    total, quant = row.get("params_total"), row.get("params_quantized")
+    if total is None or pd.isna(total):
+        return float("nan")
+    if row["method"] == "fp" or quant is None or pd.isna(quant):
+        return float(total) * FP_STORAGE_BITS / 8
+    bits = float(row["bits"])
+    zero_bits = 0.0 if bool(row.get("symmetric")) else bits
+    group_bits = float(row.get("quant_groups") or 0) * (FP_STORAGE_BITS + zero_bits)
+    return (float(quant) * bits + group_bits + (float(total) - float(quant)) * FP_STORAGE_BITS) / 8
 
 
 def read_runs(paths) -> pd.DataFrame:
@@ -85,7 +173,7 @@ def read_runs(paths) -> pd.DataFrame:
             files.append(p)
         elif p.is_dir():
             files.extend(sorted(p.rglob("results.parquet")) or sorted(p.rglob("results.csv")))
-    frames = [pd.read_parquet(f) if f.suffix == ".parquet" else pd.read_csv(f) for f in files]
+    frames = [_read_run_file(f) for f in files]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
 
 
