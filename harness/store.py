@@ -99,3 +99,30 @@ def done_before(cfg, mode) -> Path | None:
     if found is not None:
         print(f"[harness] skip: config {config_hash(cfg)} already has complete rows in {found}")
     return found
+
+
+REQUIRED = ["model", "method", "bits", "group_size", "suite", "task", "metric", "value"]
+
+
+def read_any(path, what: str = "results") -> pd.DataFrame:
+    """Rows from a results file, a run directory, a folder of runs, or a store directory."""
+    p = Path(path)
+    if not p.exists():
+        raise HarnessError(f"{what} not found: {path}")
+    try:
+        if p.is_file():
+            if p.suffix not in (".csv", ".parquet"):
+                raise HarnessError(f"{what} {path} is not a .csv or .parquet results file")
+            df = results.read_runs([p])
+        elif any(p.rglob("results.parquet")) or any(p.rglob("results.csv")):
+            df = results.read_runs([p])
+        elif files(p):
+            df = load(p)
+        else:
+            raise HarnessError(f"no results under {what} {path} (expected results.csv/.parquet or a results store)")
+    except (OSError, ValueError, pd.errors.ParserError) as e:
+        raise HarnessError(f"cannot read {what} {path}: {str(e).splitlines()[0][:200]}") from None
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if df.empty or missing:
+        raise HarnessError(f"{what} {path} is not a results table (missing columns: {', '.join(missing) or 'all rows'})")
+    return df

@@ -1,0 +1,103 @@
+"""Nightly regression check: ``python -m harness.regress --baseline FILE --current RUN_OR_DIR``.
+
+Matches every metric of the baseline (model, variant, suite, task, metric) in the current results
+and prints a diff table. Exit 1 when any metric degrades beyond its tolerance, 0 otherwise, 2 on
+unusable input. Tolerances (defaults in harness.config.RegressConfig): perplexity-like metrics
+(see results.lower_is_better) may rise by ``ppl_rel_tol`` relative; other metrics may drop by
+``score_stderr_tol`` combined standard errors (sqrt(se_base² + se_current²)).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+import pandas as pd
+
+from harness import decide, results, store
+from harness.config import RegressConfig
+from harness.errors import HarnessError
+
+KEY = ["model", "variant", "suite", "task", "metric"]
+
+
+def _table(df: pd.DataFrame) -> pd.DataFrame:
+    d = decide.label_variants(df)
+    return d.set_index(KEY)[["value", "stderr"]].astype(float)
+
+
+def _verdict(metric: str, base: float, base_se: float, cur: float, cur_se: float, cfg: RegressConfig):
+    """(change text, tolerance text, status)."""
+    if results.lower_is_better(metric):
+        rel = (cur - base) / abs(base) if base else (0.0 if cur == base else math.inf)
+        status = "REGRESSED" if rel > cfg.ppl_rel_tol else ("improved" if rel < -cfg.ppl_rel_tol else "ok")
+        return f"{rel * 100:+.2f}%", f"+{cfg.ppl_rel_tol * 100:.2f}%", status
+    se = math.hypot(0.0 if math.isnan(base_se) else base_se, 0.0 if math.isnan(cur_se) else cur_se)
+    allowed = max(cfg.score_stderr_tol * se, 1e-9)
+    drop = base - cur
+    status = "REGRESSED" if drop > allowed else ("improved" if -drop > allowed else "ok")
+    return f"{cur - base:+.4f}", f"−{allowed:.4f} ({cfg.score_stderr_tol:g}·se)", status
+
+
+def diff(baseline: pd.DataFrame, current: pd.DataFrame, cfg: RegressConfig) -> pd.DataFrame:
+    base, cur = _table(baseline), _table(current)
+    if not len(base.index.intersection(cur.index)):
+        raise HarnessError(f"baseline and current share no metric (baseline variants: "
+                           f"{', '.join(sorted(set(base.index.get_level_values('variant'))))}; current: "
+                           f"{', '.join(sorted(set(cur.index.get_level_values('variant'))))})")
+    rows = []
+    for key, b in base.iterrows():
+        entry = dict(zip(KEY, key), baseline=results.fmt_value(b["value"], None))
+        if key not in cur.index:
+            rows.append({**entry, "current": "—", "change": "—", "tolerance": "—",
+                         "status": "MISSING" if cfg.fail_on_missing else "missing"})
+            continue
+        c = cur.loc[key]
+        change, tol, status = _verdict(key[-1], b["value"], b["stderr"], c["value"], c["stderr"], cfg)
+        rows.append({**entry, "current": results.fmt_value(c["value"], None), "change": change, "tolerance": tol,
+                     "status": status})
+    for key in cur.index.difference(base.index):
+        rows.append({**dict(zip(KEY, key)), "baseline": "—", "current": results.fmt_value(cur.loc[key, "value"], None),
+                     "change": "—", "tolerance": "—", "status": "new"})
+    return pd.DataFrame(rows, columns=KEY + ["baseline", "current", "change", "tolerance", "status"])
+
+
+def failed(table: pd.DataFrame) -> bool:
+    return bool(table["status"].isin(["REGRESSED", "MISSING"]).any())
+
+
+def main(argv=None) -> int:
+    defaults = RegressConfig()
+    ap = argparse.ArgumentParser(prog="python -m harness.regress", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--baseline", required=True, help="baseline results (.csv/.parquet file, run dir or store)")
+    ap.add_argument("--current", required=True, help="current results (run dir, sweep dir, results file or store)")
+    ap.add_argument("--ppl-rel-tol", type=float, default=defaults.ppl_rel_tol,
+                    help=f"relative rise allowed for perplexity-like metrics (default {defaults.ppl_rel_tol})")
+    ap.add_argument("--score-stderr-tol", type=float, default=defaults.score_stderr_tol,
+                    help=f"drop allowed for scores, in standard errors (default {defaults.score_stderr_tol})")
+    ap.add_argument("--allow-missing", action="store_true", help="a baseline metric missing from current is not a failure")
+    ap.add_argument("--only-failures", action="store_true", help="print only rows that are not ok")
+    args = ap.parse_args(argv)
+    cfg = RegressConfig(ppl_rel_tol=args.ppl_rel_tol, score_stderr_tol=args.score_stderr_tol,
+                        fail_on_missing=defaults.fail_on_missing and not args.allow_missing)
+    try:
+        if cfg.ppl_rel_tol < 0 or cfg.score_stderr_tol < 0:
+            raise HarnessError("tolerances must be >= 0")
+        table = diff(store.read_any(args.baseline, "baseline"), store.read_any(args.current, "current"), cfg)
+    except HarnessError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    shown = table[table["status"] != "ok"] if args.only_failures else table
+    print(results.markdown_table(shown) if not shown.empty else "(no differences beyond tolerance)")
+    counts = table["status"].value_counts()
+    print("\n" + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    if failed(table):
+        bad = table[table["status"].isin(["REGRESSED", "MISSING"])]
+        print(f"regression: {len(bad)} metric(s) beyond tolerance, e.g. {' '.join(map(str, bad.iloc[0][KEY]))}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
