@@ -44,6 +44,11 @@ def main(cfg) -> None:
         from harness.run import run
         from harness.report import write_run_outputs
         from harness.store import done_before
+        from harness import experiments
+
+        if experiments.selected(cfg):  # a study (+experiment=salience|calib_matrix): many variants, one model
+            experiments.write_outputs(experiments.run(cfg, out_dir), cfg, out_dir)
+            return
 
         if done_before(cfg, HydraConfig.get().mode):  # a resumed sweep skips configs already stored
             _remove_partial(out_dir)

@@ -94,6 +94,27 @@ class SandboxConfig:
 
 
 @dataclass
+class SalienceConfig:
+    """+experiment=salience (harness/experiments/salience.py): keep a fraction of every decoder
+    Linear's input channels in full precision, round the rest to nearest (method.bits/group_size)."""
+    name: str = "salience"
+    selectors: list[str] = field(default_factory=lambda: ["activation", "weight", "random"])
+    fractions: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.03])
+    eval_texts: list[str] = field(default_factory=list)  # shipped eval texts by name (e.g. prose_en); empty = eval.texts
+
+
+@dataclass
+class CalibMatrixConfig:
+    """+experiment=calib_matrix (harness/experiments/calib_matrix.py): each method calibrated on each
+    shipped set (calib.n_samples windows), plus a sweep of window counts drawn from calib.name."""
+    name: str = "calib_matrix"
+    methods: list[str] = field(default_factory=lambda: ["awq", "gptq"])
+    calib_sets: list[str] = field(default_factory=list)  # empty = every shipped set
+    sizes: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128])
+    eval_texts: list[str] = field(default_factory=list)  # shipped eval texts by name; empty = eval.texts
+
+
+@dataclass
 class HarnessConfig:
     model: Any = None
     method: Any = None
@@ -105,6 +126,7 @@ class HarnessConfig:
     store_dir: str = "results/store"  # every run also appends its rows here (harness/store.py)
     resume: bool = True  # in a --multirun, skip configs whose config_hash already has rows in store_dir
     reference: bool = True  # also report the FP reference rows (cached) next to a quantized method
+    experiment: Any = None  # a study preset (+experiment=salience|calib_matrix) fills this in
 
 
 @dataclass
@@ -131,6 +153,7 @@ SCHEMAS = {
                "awq_clip": AWQConfig, "gptq": GPTQConfig},
     "calib": {"calib": CalibConfig},
     "eval": {"eval": EvalConfig},
+    "experiment": {"salience": SalienceConfig, "calib_matrix": CalibMatrixConfig},
 }
 
 

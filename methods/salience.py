@@ -1,0 +1,133 @@
+"""Salient weight channels (AWQ paper, Table 1): keep a few input channels of every Linear in full
+precision, round the rest to nearest, and ask which channels were worth keeping.
+
+A channel is chosen by the mean |x| of its calibration activations (``activation``), by the L2 norm
+of its weight column (``weight``) or by a seeded draw (``random``). Quantization parameters are
+computed on the whole weight as plain RTN does; the kept columns are then put back in full
+precision, so the only difference between choices is which columns escape rounding.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from methods.awq import proxy_loss
+from methods.capture import InputStats, LayerwiseRunner, layer_linears
+from methods.mappings import mapping_for
+from methods.quantizer import PER_CHANNEL, QuantSpec, fake_quantize
+
+SELECTORS = ("activation", "weight", "random")
+TOY_WEIGHTS = (0.20, 1.20)
+TOY_ACTIVATIONS = (20.0, 0.5)
+
+
+class SalienceError(ValueError):
+    """A selector or fraction the study cannot use."""
+
+
+def check_choice(selector: str, fraction: float) -> None:
+    if selector not in SELECTORS:
+        raise SalienceError(f"unknown channel selector {selector!r}; choose from: {', '.join(SELECTORS)}")
+    if not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise SalienceError(f"keep fraction {fraction!r} is out of range; use a number in (0, 1), e.g. 0.01 for 1%")
+
+
+def kept_count(in_features: int, fraction: float) -> int:
+    """How many input channels a fraction keeps: at least one, so that 0.1% of a narrow layer is not none."""
+    return max(1, min(in_features, round(fraction * in_features)))
+
+
+def channel_scores(selector: str, weight: torch.Tensor, act_mean_abs: torch.Tensor | None,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """One score per input channel of ``weight`` [out, in]; the highest scores are kept."""
+    if selector == "activation":
+        if act_mean_abs is None:
+            raise SalienceError("the activation selector needs calibration statistics")
+        return act_mean_abs.float()
+    if selector == "weight":
+        return weight.float().norm(dim=0)
+    if selector == "random":
+        return torch.rand(weight.shape[1], generator=generator)
+    raise SalienceError(f"unknown channel selector {selector!r}; choose from: {', '.join(SELECTORS)}")
+
+
+def select_channels(selector: str, fraction: float, weight: torch.Tensor, act_mean_abs: torch.Tensor | None = None,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sorted indices of the input channels to keep in full precision."""
+    check_choice(selector, fraction)
+    scores = channel_scores(selector, weight, act_mean_abs, generator)
+    return torch.topk(scores, kept_count(weight.shape[1], fraction)).indices.sort().values
+
+
+@torch.no_grad()
+def quantize_keeping(weight: torch.Tensor, spec: QuantSpec, keep: torch.Tensor | None) -> torch.Tensor:
+    """RTN of ``weight`` with the columns ``keep`` restored to their full-precision values."""
+    wq = fake_quantize(weight, spec)
+    if keep is not None and keep.numel():
+        wq[:, keep] = weight[:, keep]
+    return wq
+
+
+def relative_output_error(weight: torch.Tensor, wq: torch.Tensor, stats: InputStats) -> float:
+    """‖X(W−Ŵ)ᵀ‖² / ‖XWᵀ‖² over the calibration inputs X, from their Gram matrix."""
+    w = weight.float()
+    return float(proxy_loss(wq.float() - w, stats.gram) / proxy_loss(w, stats.gram).clamp_min(1e-30))
+
+
+@torch.no_grad()
+def collect_input_stats(model: nn.Module, input_ids: torch.Tensor, batch_size: int = 8) -> dict[str, InputStats]:
+    """Mean |x| per channel and Gram matrix of every decoder Linear's input, from the FP model.
+    Linears that read the same tensor share one InputStats."""
+    mapping = mapping_for(model)
+    runner = LayerwiseRunner(model, mapping, input_ids, batch_size)
+    out: dict[str, InputStats] = {}
+    for i, layer in enumerate(runner.layers):
+        stats = runner.collect_stats(i, layer_linears(layer), mapping, also_advance=True)
+        out.update({f"{mapping.layers}.{i}.{n}": st for n, st in stats.items()})
+    return out
+
+
+@torch.no_grad()
+def protect_salient(linears: dict[str, nn.Linear], stats: dict[str, InputStats], spec: QuantSpec,
+                    selector: str | None, fraction: float = 0.0, seed: int = 0) -> list[dict]:
+    """Quantize every Linear in place keeping its chosen channels in full precision (``selector``
+    None keeps none: plain RTN). Returns per-layer stats: kept channels and relative output error
+    on the calibration inputs."""
+    if selector is not None:
+        check_choice(selector, fraction)
+    missing = [n for n in linears if n not in stats]
+    if missing:
+        raise SalienceError(f"no calibration statistics for {missing[0]} (only decoder-layer Linears are covered)")
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for name, lin in linears.items():
+        w = lin.weight.data
+        keep = None if selector is None else select_channels(selector, fraction, w, stats[name].mean_abs, gen)
+        wq = quantize_keeping(w, spec, keep)
+        out.append({"layer": name, "kept": 0 if keep is None else keep.numel(),
+                    "rel_err": relative_output_error(w, wq, stats[name])})
+        lin.weight.data.copy_(wq.to(w.dtype))
+    return out
+
+
+def toy_two_channel(bits: int, symmetric: bool = False) -> list[dict]:
+    """The paper's two-channel picture: w = (0.20, 1.20), x = (20, 0.5). The small weight carries
+    4.0 of the output, the large one 0.6. Quantize the row (one group) keeping no channel, the
+    activation-salient channel 0, or the weight-salient channel 1, and measure the output error."""
+    spec = QuantSpec(bits, PER_CHANNEL, symmetric)
+    w = torch.tensor([TOY_WEIGHTS], dtype=torch.float64)
+    x = torch.tensor(TOY_ACTIVATIONS, dtype=torch.float64)
+    y = float(w[0] @ x)
+    rows = []
+    for label, keep in (("none", None), ("channel 0 (largest |x|)", [0]), ("channel 1 (largest |w|)", [1])):
+        wq = quantize_keeping(w, spec, None if keep is None else torch.tensor(keep))[0]
+        yq = float(wq @ x)
+        rows.append({"kept": label, "w_q": tuple(round(float(v), 4) for v in wq), "y": y, "y_q": yq,
+                     "abs_err": abs(yq - y)})
+    return rows
+
+
+def toy_contributions() -> tuple[float, ...]:
+    return tuple(math.prod(p) for p in zip(TOY_WEIGHTS, TOY_ACTIVATIONS))

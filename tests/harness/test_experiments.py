@@ -1,0 +1,158 @@
+"""Studies (+experiment=salience | calib_matrix) on tiny models: rows, rankings, reports, bad input."""
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+from harness import experiments, models
+from harness.config import register_configs
+from harness.data import EVAL_DIR
+from harness.errors import HarnessError
+from harness.experiments import calib_matrix, salience
+from harness.experiments.session import Session
+from tests.conftest import tiny_model
+
+SALIENT = list(range(8))  # planted outlier activation channels
+HEAVY = list(range(4, 12))  # planted large weight columns: half of them salient
+
+
+def compose_cfg(*overrides):
+    register_configs()
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+@pytest.fixture(scope="module")
+def planted_llama_dir(tmp_path_factory, smol_tokenizer):
+    """A tiny Llama whose attention and MLP inputs carry 20× outliers on a few channels (norm
+    weights), and whose q/k/v/gate/up weights have large columns on half of those channels."""
+    model = tiny_model("llama", seed=3)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+                norm.weight[SALIENT] *= 20
+            for lin in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
+                        layer.mlp.gate_proj, layer.mlp.up_proj):
+                lin.weight[:, HEAVY] *= 3
+    d = tmp_path_factory.mktemp("planted-llama")
+    model.save_pretrained(d)
+    smol_tokenizer.save_pretrained(d)
+    return d
+
+
+def tiny_overrides(model_dir, tmp_path, *extra):
+    return ["model=path", f"model.path={model_dir}", f"cache_dir={tmp_path / 'cache'}", "calib.n_samples=8",
+            "calib.seqlen=64", "eval.seqlen=128", "eval.max_windows=2", *extra]
+
+
+def test_salience_study_ranks_activation_over_weight_over_random(planted_llama_dir, tmp_path):
+    cfg = compose_cfg("+experiment=salience", *tiny_overrides(planted_llama_dir, tmp_path),
+                      "experiment.fractions=[0.125]", "experiment.eval_texts=[code_py]")
+    df = salience.run(cfg, tmp_path / "run")
+    err = df[df.suite == salience.ERROR_SUITE].set_index("keep_selector")["value"]
+    assert err["activation"] < err["weight"] < err["random"] < err["none"]
+    ppl = df[df.metric == "ppl_token"]
+    assert sorted(ppl.keep_selector) == ["activation", "all", "none", "random", "weight"]
+    assert (ppl.task == "code_py").all() and ppl.value.notna().all() and (ppl.value > 1).all()
+    assert df.config_hash.nunique() == 5  # one per variant
+    assert set(ppl[ppl.method.str.startswith("salience_")].method) == {
+        "salience_activation_12.5%", "salience_weight_12.5%", "salience_random_12.5%"}
+    assert (df[df.method != "fp"].bits == 3).all()  # the preset's format
+
+    text = experiments.render(df, "t")
+    for needle in ("Salient channels kept in full precision (RTN w3 g64 elsewhere)", "Token perplexity on code_py",
+                   "| activation |", "Toy: two input channels", "channel 0 contributes 4.0", "only 0.6"):
+        assert needle in text
+
+
+def test_calib_matrix_study_covers_sets_sizes_and_texts(tmp_path, tiny_llama_dir):
+    cfg = compose_cfg("+experiment=calib_matrix", *tiny_overrides(tiny_llama_dir, tmp_path),
+                      "experiment.calib_sets=[prose,code]", "experiment.sizes=[4,8]", "calib.n_samples=4",
+                      "experiment.eval_texts=[code_py,prose_en]", "eval.max_windows=1")
+    df = calib_matrix.run(cfg, tmp_path / "run")
+    ppl = df[df.metric == "ppl_token"]
+    assert set(ppl.task) == {"code_py", "prose_en"}
+    q = ppl[~ppl.method.isin(["fp", "rtn"])]
+    got = {(m, c, int(n)) for m, c, n in zip(q.method, q.calib, q.calib_samples)}
+    want = {(m, c, 4) for m in ("awq", "gptq") for c in ("prose", "code")} | {(m, "prose", 8) for m in ("awq", "gptq")}
+    assert got == want
+    assert len(q) == len(want) * 2  # every variant on every text
+    assert (q.calib_seqlen == 64).all() and ppl.value.notna().all()
+    roles = q.drop_duplicates(["method", "calib", "calib_samples"]).set_index(["method", "calib", "calib_samples"])["calib_role"]
+    assert roles[("awq", "prose", 4)] == "matrix+size" and roles[("awq", "code", 4)] == "matrix"
+    assert roles[("gptq", "prose", 8)] == "size"
+
+    text = experiments.render(df, "t")
+    assert "awq: calibration set (4 windows; rows) × eval text (columns)" in text
+    assert "| calibrated on | code_py | prose_en |" in text and "| code |" in text
+    assert "gptq: calibration windows drawn from prose (rows) × eval text" in text
+
+
+def test_restore_brings_back_the_exact_original_weights(tmp_path, tiny_llama_dir):
+    cfg = compose_cfg(*tiny_overrides(tiny_llama_dir, tmp_path), "+experiment=salience",
+                      "experiment.eval_texts=[code_py]", "eval.max_windows=1")
+    session = Session.open(cfg)
+    before = models.fingerprint(session.model)
+    calib = torch.randint(0, 1000, (2, 32))
+    from types import SimpleNamespace
+
+    import methods
+    methods.get("awq").quantize(session.model, SimpleNamespace(input_ids=calib),
+                                calib_matrix.method_config("awq", cfg.method))
+    assert models.fingerprint(session.model) != before
+    session.restore()
+    assert models.fingerprint(session.model) == before
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["+experiment=salience", "experiment.selectors=[activation,gradient]"],
+     "unknown channel selector 'gradient'; choose from: activation, weight, random"),
+    (["+experiment=salience", "experiment.fractions=[1.5]"], "keep fraction 1.5 is out of range"),
+    (["+experiment=salience", "method=awq"], "drop method=awq"),
+    (["+experiment=calib_matrix", "experiment.methods=[awq,spqr]"], "unknown calibrated method 'spqr'"),
+    (["+experiment=calib_matrix", "experiment.calib_sets=[poetry]"], "unknown calibration set 'poetry'"),
+    (["+experiment=calib_matrix", "experiment.sizes=[0]"], "experiment.sizes must be positive"),
+    (["+experiment=salience", "experiment.name=ablation"], "unknown study experiment.name='ablation'; choose one of: salience, calib_matrix"),
+])
+def test_bad_study_options_raise_one_clear_error(overrides, needle):
+    cfg = compose_cfg(*overrides)
+    with pytest.raises(HarnessError, match=needle.replace("(", r"\(").replace("[", r"\[")):
+        experiments.run(cfg, "unused")
+
+
+def test_unknown_eval_text_is_named_before_loading_a_model(tmp_path):
+    cfg = compose_cfg("+experiment=salience", "experiment.eval_texts=[klingon]", f"cache_dir={tmp_path}")
+    with pytest.raises(HarnessError, match="unknown eval text 'klingon' in experiment.eval_texts; shipped texts: code_py"):
+        experiments.run(cfg, tmp_path)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["+experiment=salience", "experiment.fractionz=[0.1]"], "unknown option experiment.fractionz"),
+    (["+experiment=salience", "experiment.fractions=[0]"], "error: experiment: keep fraction 0.0 is out of range"),
+])
+def test_cli_bad_study_input_is_one_line(args, needle, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "harness", *args, f"hydra.run.dir={tmp_path / 'out'}"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+
+
+def test_cli_salience_end_to_end_writes_results_and_report(planted_llama_dir, tmp_path):
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "harness", "+experiment=salience", "experiment.fractions=[0.125]",
+                        "experiment.selectors=[activation,random]", f"hydra.run.dir={out}",
+                        *tiny_overrides(planted_llama_dir, tmp_path, "eval.max_windows=1",
+                                        f"eval.texts=[{EVAL_DIR / 'code_py.txt'}]", "experiment.eval_texts=[]")],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    import pandas as pd
+
+    df = pd.read_csv(out / "results.csv")
+    assert set(df.method) == {"fp", "rtn", "salience_activation_12.5%", "salience_random_12.5%"}
+    assert (df.experiment == "salience").all()
+    report = (out / "report.md").read_text()
+    assert "Toy: two input channels" in report and "| random |" in report
+    assert (out / "config.yaml").is_file()
