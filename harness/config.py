@@ -115,6 +115,14 @@ class CalibMatrixConfig:
 
 
 @dataclass
+class SanityConfig:
+    """The guard every quantized model passes before its numbers are reported (harness/sanity.py)."""
+    enabled: bool = True
+    max_ppl_ratio: float = 10.0  # fail when probe perplexity exceeds this multiple of FP (any method)
+    probe_windows: int = 4  # windows of the first perplexity text scored after quantizing
+
+
+@dataclass
 class HarnessConfig:
     model: Any = None
     method: Any = None
@@ -126,6 +134,7 @@ class HarnessConfig:
     store_dir: str = "results/store"  # every run also appends its rows here (harness/store.py)
     resume: bool = True  # in a --multirun, skip configs whose config_hash already has rows in store_dir
     reference: bool = True  # also report the FP reference rows (cached) next to a quantized method
+    sanity: SanityConfig = field(default_factory=SanityConfig)
     experiment: Any = None  # a study preset (+experiment=salience|calib_matrix) fills this in
 
 

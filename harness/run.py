@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 import methods
 from harness import calib as calib_mod
-from harness import models, results
+from harness import models, results, sanity
 from harness.errors import HarnessError
 from harness import eval as suites
 from harness.eval import perplexity
@@ -147,8 +147,14 @@ def run(cfg, out_dir: Path):
         rows += [{**r, "method": "fp", "bits": 16, "group_size": -1, "quant_seconds": 0.0} for r in fp_rows]
 
     if method != "fp":
-        result = methods.get(method).quantize(model, calib, cfg.method)
+        try:
+            result = methods.get(method).quantize(model, calib, cfg.method)
+        except QuantSpecError as e:  # e.g. an architecture without a layer mapping
+            raise HarnessError(f"method={method}: {e}") from None
         print(f"[harness] {method}: quantized in {result.seconds:.1f}s, peak RSS {result.peak_memory_mb:.0f} MB")
+        guard = sanity.check(model, tok, prepared, fp_rows, cfg, method)
+        if guard is not None:
+            print(f"[harness] {method}: {guard.summary()}")
         for name, data in prepared.items():
             t1 = time.perf_counter()
             out = suites.get(name).evaluate(model, tok, data, cfg, reference=refs[name])
