@@ -358,3 +358,71 @@ def match_calls(functions: list, calls: list[dict] | None, ground_truth: list[di
             return reasons[0] if len(reasons) == 1 else f"no call matches {next(iter(expected))!r} ({reasons[0]})"
     return None
 
+
+
+# ---------------------------------------------------------------- suite
+
+TOOL_SYSTEM_PROMPT = (
+    "You are a function-calling assistant. You can call these functions:\n<tools>\n{tools}\n</tools>\n"
+    "To call functions, reply only with one <tool_call></tool_call> block per call, each holding a JSON object "
+    '{{"name": <function name>, "arguments": {{<argument name>: <value>, ...}}}}.'
+)
+
+
+def tool_prompt(tok, messages: list, functions: list) -> str:
+    """The rendered prompt with the tools passed through the chat template's ``tools=``. A template
+    that ignores ``tools`` (SmolLM2's, for one) renders the same text as without them; then the tools
+    go into a system message in the Hermes ``<tool_call>`` convention, so the model sees them anyway."""
+    from harness.eval.generation import render_chat
+
+    tools = chat_tools(functions)
+    with_tools = render_chat(tok, messages, tools=tools)
+    if with_tools != render_chat(tok, messages):
+        return with_tools
+    system = TOOL_SYSTEM_PROMPT.format(tools="\n".join(json.dumps(t["function"], ensure_ascii=False) for t in tools))
+    return render_chat(tok, [{"role": "system", "content": system}, *messages])
+
+
+@dataclass
+class ToolCallData:
+    problems: list[Problem]
+    prompts: list[str]
+    references: list[str]
+
+
+class ToolCallsSuite:
+    name = "tool_calls"
+
+    def prepare(self, tok, cfg) -> ToolCallData:
+        c = cfg.eval.tool_calls
+        problems = load_problems(list(c.categories), c.n_per_category, cfg.seed)
+        return ToolCallData(problems, [tool_prompt(tok, p.messages, p.functions) for p in problems],
+                            [reference_answer(p) for p in problems])
+
+    def evaluate(self, model, tok, data: ToolCallData, cfg, reference=None):
+        from harness.eval import SuiteOutput
+        from harness.eval.fidelity import exact_match_rows, fidelity_rows, fp_reference, metric_row
+        from harness.eval.generation import greedy_generate
+
+        c, e = cfg.eval.tool_calls, cfg.eval
+        answers = greedy_generate(model, tok, data.prompts, c.max_new_tokens, batch_size=e.gen_batch_size,
+                                  desc="tool calls")
+        parsed = [parse_calls(a) for a in answers]
+        hits = [match_calls(p.functions, calls, p.ground_truth) is None for p, calls in zip(data.problems, parsed)]
+        rows = []
+        for cat in dict.fromkeys(p.category for p in data.problems):
+            rows.append(metric_row(cat, "ast_match", [float(h) for h, p in zip(hits, data.problems) if p.category == cat],
+                                   binary=True))
+        rows.append(metric_row("all", "ast_match", [float(h) for h in hits], binary=True))
+        rows.append(metric_row("all", "parse_rate", [float(calls is not None) for calls in parsed], binary=True))
+        pairs = list(zip(data.prompts, data.references))
+        if reference is None:
+            fid, fid_ref = fp_reference(model, tok, pairs, task="all", top_k=e.fidelity_top_k,
+                                        batch_size=e.fidelity_batch_size)
+            return SuiteOutput(rows + fid, reference={"fidelity": fid_ref, "answers": answers})
+        rows += fidelity_rows(model, tok, pairs, reference["fidelity"], task="all", batch_size=e.fidelity_batch_size)
+        rows += exact_match_rows(answers, reference["answers"], task="all")
+        return SuiteOutput(rows)
+
+
+SUITE = ToolCallsSuite()

@@ -1,0 +1,106 @@
+"""Perplexity per language on the shipped texts (``lang_<code>.txt`` and ``prose_en.txt``), plus
+fidelity to the FP model on the same windows.
+
+Perplexity follows :mod:`harness.eval.perplexity` (same windows, same summary and standard error),
+computed in the same forward pass as fidelity, which uses the same windows: the FP run keeps its top-k next-token log-probabilities at every position
+(:class:`harness.eval.fidelity.FidelityReference`), the quantized run reports the mean KL(FP‖quant)
+per window (coarse-grained to the FP top-k, see fidelity.py) and the share of positions whose argmax
+equals FP's. Rows: ``task`` is the language code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from harness.data import EVAL_DIR
+from harness.errors import HarnessError
+from harness.eval import perplexity
+
+
+def language_texts(languages: list[str]) -> dict[str, Path]:
+    """Shipped text per language code: ``lang_<code>.txt``, and ``prose_en.txt`` for English."""
+    shipped = {p.stem.removeprefix("lang_"): p for p in sorted(EVAL_DIR.glob("lang_*.txt"))}
+    shipped["en"] = EVAL_DIR / "prose_en.txt"
+    shipped = dict(sorted(shipped.items()))
+    if not languages:
+        return shipped
+    bad = [c for c in languages if c not in shipped]
+    if bad:
+        raise HarnessError(f"no shipped text for language {bad[0]!r}; choose from: {', '.join(shipped)}")
+    return {c: shipped[c] for c in languages}
+
+
+@dataclass
+class LanguageData:
+    texts: dict[str, perplexity.EvalText]
+
+
+@torch.no_grad()
+def window_logprobs(model, windows: torch.Tensor, batch_size: int, desc: str):
+    """Yield each window's next-token log-probabilities [seqlen-1, vocab] in order."""
+    for i in tqdm(range(0, len(windows), batch_size), desc=desc, unit="batch", leave=False):
+        batch = windows[i:i + batch_size].to(model.device)
+        logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
+        if not torch.isfinite(logits).all():
+            raise HarnessError(f"the model produced NaN/inf logits ({desc}); the quantized weights are broken")
+        yield from F.log_softmax(logits, dim=-1).cpu()
+
+
+def score_windows(model, windows: torch.Tensor, batch_size: int, top_k: int, reference=None, desc: str = ""):
+    """One pass over the windows: per-window summed NLL [n] (float64) and either the FP top-k
+    reference (``reference`` None) or per-window (mean KL to FP, top-1 agreement with FP)."""
+    from harness.eval.fidelity import FidelityReference, coarse_kl
+
+    if reference is not None and len(reference.logprobs) != len(windows):
+        raise HarnessError(f"FP reference has {len(reference.logprobs)} windows for {desc}, the suite has "
+                           f"{len(windows)}; delete the FP reference cache and rerun")
+    nll, vals, idx, kl, agree = [], [], [], [], []
+    for j, lp in enumerate(window_logprobs(model, windows, batch_size, desc)):
+        nll.append(-lp.gather(-1, windows[j, 1:, None]).double().sum().item())
+        if reference is None:
+            v, i = lp.topk(min(top_k, lp.shape[-1]), dim=-1)
+            vals.append(v.clone())
+            idx.append(i.to(torch.int32))
+        else:
+            p_top, p_idx = reference.logprobs[j], reference.indices[j]
+            kl.append(coarse_kl(p_top, p_idx, lp).mean().item())
+            agree.append((lp.argmax(-1) == p_idx[:, 0].long()).double().mean().item())
+    nll = torch.tensor(nll, dtype=torch.float64)
+    if reference is None:
+        return nll, FidelityReference(vals, idx, top_k)
+    return nll, (kl, agree)
+
+
+class MultilingualSuite:
+    name = "multilingual"
+
+    def prepare(self, tok, cfg) -> LanguageData:
+        c = cfg.eval.multilingual
+        paths = language_texts(list(c.languages))
+        return LanguageData({code: perplexity.prepare(p, tok, c.seqlen, c.max_windows) for code, p in paths.items()})
+
+    def evaluate(self, model, tok, data: LanguageData, cfg, reference=None):
+        from harness.eval import SuiteOutput
+        from harness.eval.fidelity import metric_row
+
+        c = cfg.eval.multilingual
+        rows, fp_refs = [], {}
+        for code, text in data.texts.items():
+            ref = None if reference is None else reference[code]
+            nll, extra = score_windows(model, text.windows, c.batch_size, cfg.eval.fidelity_top_k, ref, desc=code)
+            seqlen = text.windows.shape[1]
+            row = perplexity.summarize(nll, seqlen - 1)
+            rows.append({**row, "task": code, "metric": "ppl_token", "windows": row["n"], "tokens": row["n"] * (seqlen - 1),
+                         "seqlen": seqlen, "source": text.path, "samples": (nll / (seqlen - 1)).tolist()})
+            if reference is None:
+                fp_refs[code] = extra
+            else:
+                rows += [metric_row(code, "kl_to_fp", extra[0]), metric_row(code, "top1_agree_fp", extra[1])]
+        return SuiteOutput(rows, reference=fp_refs if reference is None else None)
+
+
+SUITE = MultilingualSuite()
