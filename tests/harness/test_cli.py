@@ -64,7 +64,7 @@ def test_public_contract_line(tiny_llama_dir, texts, tmp_path):
     (["method=awk"], "unknown method 'awk'; choose one of: awq, awq_clip, awq_scale, fp, gptq, rtn"),
     (["model=nope"], "unknown model 'nope'; choose one of: hub, path, smollm2-135m"),
     (["calib=poetry"], "unknown calib 'poetry'; choose one of:"),
-    (["eval=huge"], "unknown eval 'huge'; choose one of: full, perplexity, quick"),
+    (["eval=huge"], "unknown eval 'huge'; choose one of: full, lm_eval, perplexity, quick"),
     (["method.bitz=3"], "unknown option method.bitz"),
     (["method.bits=9"], "bits=9 is not supported; choose an integer in 2..8"),
     (["calib=file", "calib.path=/nonexistent/cal.txt"], "calibration file not found"),
