@@ -6,6 +6,12 @@ computed in the same forward pass as fidelity, which uses the same windows: the 
 (:class:`harness.eval.fidelity.FidelityReference`), the quantized run reports the mean KL(FP‖quant)
 per window (coarse-grained to the FP top-k, see fidelity.py) and the share of positions whose argmax
 equals FP's. Rows: ``task`` is the language code.
+
+No generation check ("answer in the language asked"): on SmolLM2-135M-Instruct, asked "why is the sky
+blue?" in each of the eight non-English languages, the FP model mostly restates or echoes the question
+(de, it, pt, pl, ru) and rarely answers; a stopword-based language detector would then score copying
+of the prompt's language, near the ceiling for FP and any working quantization, not multilingual
+ability. Perplexity and KL to FP per language carry the signal instead.
 """
 from __future__ import annotations
 
