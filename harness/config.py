@@ -73,6 +73,32 @@ class ToolCallsConfig:
 
 
 @dataclass
+class SandboxConfig:
+    """Limits for running model-written code (harness/eval/sandbox.py)."""
+    wall_seconds: float = 10.0
+    cpu_seconds: int = 10
+    memory_mb: int = 1024  # address space
+    max_processes: int = 64
+    max_file_mb: int = 16
+    max_open_files: int = 64
+
+
+@dataclass
+class CodeSuiteConfig:
+    """HumanEval (harness/eval/code.py). Defaults are the quick size; eval=full runs all problems."""
+    n_problems: int = 20  # the first N of 164; <= 0 means all
+    max_new_tokens: int = 256
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+
+
+@dataclass
+class JsonSuiteConfig:
+    """Schema-constrained JSON answers (harness/eval/json_format.py). Defaults are the quick size."""
+    n_prompts: int = 30  # the first N shipped prompts; <= 0 means all
+    max_new_tokens: int = 256
+
+
+@dataclass
 class MultilingualConfig:
     """Perplexity + fidelity per language (harness/eval/multilingual.py). Defaults are the quick size."""
     languages: list[str] = field(default_factory=list)  # empty = every shipped language
@@ -115,6 +141,8 @@ class EvalConfig:
     gen_batch_size: int = 8  # prompts per greedy-decoding batch (generation suites)
     fidelity_top_k: int = 64  # FP log-probs cached per answer token for KL to FP (harness/eval/fidelity.py)
     fidelity_batch_size: int = 4  # (prompt, answer) pairs per teacher-forced forward
+    code: CodeSuiteConfig = field(default_factory=CodeSuiteConfig)
+    json: JsonSuiteConfig = field(default_factory=JsonSuiteConfig)
     tool_calls: ToolCallsConfig = field(default_factory=ToolCallsConfig)
     multilingual: MultilingualConfig = field(default_factory=MultilingualConfig)
     long_context: LongContextConfig = field(default_factory=LongContextConfig)
@@ -125,17 +153,6 @@ class EvalConfig:
 @dataclass
 class ExportConfig:
     dir: Optional[str] = None  # write an AWQ-GEMM packed checkpoint here after quantizing (4-bit, grouped)
-
-
-@dataclass
-class SandboxConfig:
-    """Limits for running model-written code (harness/eval/sandbox.py)."""
-    wall_seconds: float = 10.0
-    cpu_seconds: int = 10
-    memory_mb: int = 1024  # address space
-    max_processes: int = 64
-    max_file_mb: int = 16
-    max_open_files: int = 64
 
 
 @dataclass

