@@ -156,24 +156,29 @@ class ExportConfig:
 
 
 @dataclass
-class SalienceConfig:
+class ExperimentConfig:
+    """A study (harness/experiments/): many variants evaluated on one loaded model."""
+    name: str = ""
+    eval_texts: list[str] = field(default_factory=list)  # shipped eval texts by name (e.g. prose_en); empty = eval.texts
+
+
+@dataclass
+class SalienceConfig(ExperimentConfig):
     """+experiment=salience (harness/experiments/salience.py): keep a fraction of every decoder
     Linear's input channels in full precision, round the rest to nearest (method.bits/group_size)."""
     name: str = "salience"
     selectors: list[str] = field(default_factory=lambda: ["activation", "weight", "random"])
     fractions: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.03])
-    eval_texts: list[str] = field(default_factory=list)  # shipped eval texts by name (e.g. prose_en); empty = eval.texts
 
 
 @dataclass
-class CalibMatrixConfig:
+class CalibMatrixConfig(ExperimentConfig):
     """+experiment=calib_matrix (harness/experiments/calib_matrix.py): each method calibrated on each
     shipped set (calib.n_samples windows), plus a sweep of window counts drawn from calib.name."""
     name: str = "calib_matrix"
     methods: list[str] = field(default_factory=lambda: ["awq", "gptq"])
     calib_sets: list[str] = field(default_factory=list)  # empty = every shipped set
     sizes: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128])
-    eval_texts: list[str] = field(default_factory=list)  # shipped eval texts by name; empty = eval.texts
 
 
 @dataclass

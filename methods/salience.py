@@ -70,10 +70,15 @@ def quantize_keeping(weight: torch.Tensor, spec: QuantSpec, keep: torch.Tensor |
     return wq
 
 
-def relative_output_error(weight: torch.Tensor, wq: torch.Tensor, stats: InputStats) -> float:
+def output_energy(weight: torch.Tensor, stats: InputStats) -> float:
+    """‖XWᵀ‖² over the calibration inputs X."""
+    return float(proxy_loss(weight.float(), stats.gram))
+
+
+def relative_output_error(weight: torch.Tensor, wq: torch.Tensor, stats: InputStats, energy: float | None = None) -> float:
     """‖X(W−Ŵ)ᵀ‖² / ‖XWᵀ‖² over the calibration inputs X, from their Gram matrix."""
-    w = weight.float()
-    return float(proxy_loss(wq.float() - w, stats.gram) / proxy_loss(w, stats.gram).clamp_min(1e-30))
+    energy = output_energy(weight, stats) if energy is None else energy
+    return float(proxy_loss(wq.float() - weight.float(), stats.gram)) / max(energy, 1e-30)
 
 
 @torch.no_grad()
@@ -91,10 +96,12 @@ def collect_input_stats(model: nn.Module, input_ids: torch.Tensor, batch_size: i
 
 @torch.no_grad()
 def protect_salient(linears: dict[str, nn.Linear], stats: dict[str, InputStats], spec: QuantSpec,
-                    selector: str | None, fraction: float = 0.0, seed: int = 0) -> list[dict]:
+                    selector: str | None, fraction: float = 0.0, seed: int = 0,
+                    energy: dict[str, float] | None = None) -> list[dict]:
     """Quantize every Linear in place keeping its chosen channels in full precision (``selector``
     None keeps none: plain RTN). Returns per-layer stats: kept channels and relative output error
-    on the calibration inputs."""
+    on the calibration inputs. ``energy`` caches each Linear's ‖XWᵀ‖² across calls on the same
+    original weights (it is as costly as the error itself)."""
     if selector is not None:
         check_choice(selector, fraction)
     missing = [n for n in linears if n not in stats]
@@ -106,8 +113,10 @@ def protect_salient(linears: dict[str, nn.Linear], stats: dict[str, InputStats],
         w = lin.weight.data
         keep = None if selector is None else select_channels(selector, fraction, w, stats[name].mean_abs, gen)
         wq = quantize_keeping(w, spec, keep)
+        if energy is not None and name not in energy:
+            energy[name] = output_energy(w, stats[name])
         out.append({"layer": name, "kept": 0 if keep is None else keep.numel(),
-                    "rel_err": relative_output_error(w, wq, stats[name])})
+                    "rel_err": relative_output_error(w, wq, stats[name], None if energy is None else energy[name])})
         lin.weight.data.copy_(wq.to(w.dtype))
     return out
 

@@ -57,6 +57,7 @@ def run(cfg, out_dir: Path) -> pd.DataFrame:
     stats = collect_input_stats(model, calib.input_ids)
     print(f"[harness] salience: calibration statistics of {len(stats)} Linears in {time.perf_counter() - t0:.1f}s")
     linears = target_linears(model, include_lm_head=False)
+    energy: dict[str, float] = {}  # ‖XWᵀ‖² of the original weights, shared by every variant
 
     base = {**session.common(Path(out_dir).name, STUDY), "calib": cfg.calib.name, "calib_samples": calib.n_samples,
             "calib_seqlen": calib.seqlen, "symmetric": bool(cfg.method.symmetric)}
@@ -69,7 +70,7 @@ def run(cfg, out_dir: Path) -> pd.DataFrame:
         session.restore()
         t1 = time.perf_counter()
         try:
-            layers = protect_salient(linears, stats, spec, selector, fraction, seed=cfg.seed)
+            layers = protect_salient(linears, stats, spec, selector, fraction, seed=cfg.seed, energy=energy)
         except SalienceError as e:
             raise HarnessError(str(e)) from None
         quant_seconds = time.perf_counter() - t1

@@ -106,6 +106,16 @@ def test_protect_salient_on_a_model_keeps_channels_and_matches_rtn_when_keeping_
     assert set(stats) == set(linears)
     original = {n: m.weight.detach().clone() for n, m in linears.items()}
 
+    energy = {}
+    cached_first = protect_salient(linears, stats, SPEC, "random", 0.05, seed=4, energy=energy)
+    assert set(energy) == set(linears)
+    for name, lin in linears.items():
+        lin.weight.data.copy_(original[name])
+    cached = protect_salient(linears, stats, SPEC, "random", 0.05, seed=4, energy=energy)
+    for name, lin in linears.items():
+        lin.weight.data.copy_(original[name])
+    assert [x["rel_err"] for x in cached] == pytest.approx([x["rel_err"] for x in cached_first], rel=1e-6)
+
     layers = protect_salient(linears, stats, SPEC, "activation", 0.05)
     for name, lin in linears.items():
         keep = select_channels("activation", 0.05, original[name], stats[name].mean_abs)
