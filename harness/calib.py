@@ -7,8 +7,9 @@ seeded generator: non-overlapping when the stream is long enough, random offsets
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -31,6 +32,7 @@ class CalibSet:
     input_ids: torch.Tensor  # [n_samples, seqlen] long
     source: str
     stream_tokens: int
+    tokenizer: Any = field(default=None, repr=False, compare=False)  # peers' tools (methods/peers/) want it
 
     @property
     def n_samples(self) -> int:
@@ -117,4 +119,5 @@ def load(cfg, tok) -> CalibSet:
         input_ids=torch.cat(windows),
         source=", ".join(str(f) if cfg.name == "file" else f.name for f in files),
         stream_tokens=sum(s.numel() for s in streams),
+        tokenizer=tok,
     )

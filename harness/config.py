@@ -56,6 +56,15 @@ class GPTQConfig(MethodConfig):
 
 
 @dataclass
+class PeerAWQConfig(MethodConfig):
+    """AWQ of llm-compressor / GPTQModel (methods/peers/); peers' GPTQ uses GPTQConfig."""
+    name: str = "llmc_awq"
+    n_grid: int = 20  # llm-compressor's scale grid (GPTQModel uses its own)
+    duo_scaling: bool = True  # llm-compressor's default
+    batch_size: int = 8
+
+
+@dataclass
 class CalibConfig:
     name: str = "prose"
     path: Optional[str] = None  # calib=file: a local .txt or .jsonl
@@ -226,7 +235,9 @@ class DecisionConfig:
 SCHEMAS = {
     "model": {"model": ModelConfig},
     "method": {"fp": MethodConfig, "rtn": MethodConfig, "awq": AWQConfig, "awq_scale": AWQConfig,
-               "awq_clip": AWQConfig, "gptq": GPTQConfig},
+               "awq_clip": AWQConfig, "gptq": GPTQConfig,
+               "llmc_awq": PeerAWQConfig, "llmc_gptq": GPTQConfig, "gptqmodel_awq": PeerAWQConfig,
+               "gptqmodel_gptq": GPTQConfig},
     "calib": {"calib": CalibConfig},
     "eval": {"eval": EvalConfig},
     "experiment": {"salience": SalienceConfig, "calib_matrix": CalibMatrixConfig},

@@ -36,6 +36,9 @@ def validate_static(cfg) -> None:
     """Checks that need no model: fail before minutes of loading."""
     if cfg.method.name not in methods.available():
         raise HarnessError(f"unknown method {cfg.method.name!r}; available: {', '.join(methods.available())}")
+    check_installed = getattr(methods.get(cfg.method.name), "check_installed", None)  # optional peers
+    if check_installed is not None:
+        check_installed()
     if cfg.calib.name not in calib_mod.CHOICES:
         raise HarnessError(f"unknown calibration set {cfg.calib.name!r}; choose one of: {', '.join(calib_mod.CHOICES)}")
     for s in cfg.eval.suites:

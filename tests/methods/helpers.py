@@ -13,7 +13,7 @@ def method_cfg(name: str, **kw):
     return replace(base, **{"group_size": 16, "name": name, **kw})
 
 
-def random_calib(vocab: int = 256, n: int = 4, seqlen: int = 32, seed: int = 0) -> CalibSet:
+def random_calib(vocab: int = 256, n: int = 4, seqlen: int = 32, seed: int = 0, tokenizer=None) -> CalibSet:
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (n, seqlen), generator=gen)
-    return CalibSet(name="random", input_ids=ids, source="test", stream_tokens=ids.numel())
+    return CalibSet(name="random", input_ids=ids, source="test", stream_tokens=ids.numel(), tokenizer=tokenizer)
