@@ -20,6 +20,8 @@ from harness.errors import HarnessError
 
 SUITE_MODULES = {
     "perplexity": "harness.eval.perplexity",
+    "code": "harness.eval.code",
+    "json": "harness.eval.json_format",
     "tool_calls": "harness.eval.tool_calls",
     "multilingual": "harness.eval.multilingual",
     "long_context": "harness.eval.long_context",
