@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from harness import hub_data
 from harness.data import CALIB_DIR
 from harness.errors import HarnessError
 
@@ -22,6 +23,7 @@ NAMED = {
     "chat": ["chat.jsonl"],
     "multilingual": ["multilingual.txt"],
     "mixed": ["prose.txt", "code.txt", "chat.jsonl", "multilingual.txt"],
+    "pile_val": ["hub:pile_val"],  # the AWQ paper's calibration set, from the hub (harness/hub_data.py)
 }
 CHOICES = (*NAMED, "file")
 
@@ -51,6 +53,8 @@ def _render_chat(messages, tok) -> str:
 
 def read_documents(path: Path, tok) -> list[str]:
     """Documents of a .txt (one) or .jsonl (one per line: {"text": ...} or {"messages": [...]}) file."""
+    if hub_data.is_hub(path.name):
+        return hub_data.documents(path.name)
     if not path.is_file():
         raise HarnessError(f"calibration file not found: {path}")
     if path.suffix == ".jsonl":

@@ -137,7 +137,9 @@ def within_tolerance(row, fp, cfg: DecisionConfig) -> bool:
 
 
 def mb(nbytes: float) -> str:
-    return "size unknown" if nbytes is None or math.isnan(nbytes) else f"{nbytes / 1e6:.1f} MB"
+    if nbytes is None or math.isnan(nbytes):
+        return "size unknown"
+    return f"{nbytes / 1e6:.1f} MB" if nbytes >= 1e7 else f"{nbytes / 1e6:.3g} MB"
 
 
 @dataclass

@@ -37,18 +37,19 @@ def perplexity_grid(d: pd.DataFrame, metric: str = "ppl_token") -> bytes | None:
     groups = sorted(agg["group_size"].unique(), key=lambda g: (g < 0, g))
     fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.4), sharey=True, squeeze=False)
     fp = p[p["method"] == "fp"]
+    colors = {m: f"C{i}" for i, m in enumerate(sorted(agg["method"].unique()))}
     for ax, g in zip(axes[0], groups):
         for method, m in agg[agg["group_size"] == g].groupby("method"):
             m = m.sort_values("bits")
-            ax.plot(m["bits"], m["value"], marker="o", label=method)
+            ax.plot(m["bits"], m["value"], marker="o", label=method, color=colors[method])
         if len(fp):
             ax.axhline(_geomean(fp["value"]), color="black", linestyle="--", linewidth=1, label="fp")
         ax.set_title("per-channel" if g < 0 else f"group size {int(g)}")
         ax.set_xlabel("bits")
         ax.set_xticks(sorted(agg["bits"].unique()))
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     axes[0][0].set_ylabel(f"{metric} (geo. mean over {p['task'].nunique()} texts)")
-    axes[0][-1].legend(fontsize=8)
     return _png(fig)
 
 

@@ -62,6 +62,12 @@ def diff(baseline: pd.DataFrame, current: pd.DataFrame, cfg: RegressConfig) -> p
     return pd.DataFrame(rows, columns=KEY + ["baseline", "current", "change", "tolerance", "status"])
 
 
+def save_baseline(df: pd.DataFrame, path) -> None:
+    d = decide.label_variants(df).drop(columns=[results.SAMPLES, "variant"], errors="ignore")
+    d = d.sort_values(["model", "method", "bits", "group_size", "suite", "task", "metric"])
+    results.write_text(path, d.to_csv(index=False))
+
+
 def failed(table: pd.DataFrame) -> bool:
     return bool(table["status"].isin(["REGRESSED", "MISSING"]).any())
 
@@ -69,7 +75,7 @@ def failed(table: pd.DataFrame) -> bool:
 def main(argv=None) -> int:
     defaults = RegressConfig()
     ap = argparse.ArgumentParser(prog="python -m harness.regress", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--baseline", required=True, help="baseline results (.csv/.parquet file, run dir or store)")
+    ap.add_argument("--baseline", help="baseline results (.csv/.parquet file, run dir or store)")
     ap.add_argument("--current", required=True, help="current results (run dir, sweep dir, results file or store)")
     ap.add_argument("--ppl-rel-tol", type=float, default=defaults.ppl_rel_tol,
                     help=f"relative rise allowed for perplexity-like metrics (default {defaults.ppl_rel_tol})")
@@ -77,10 +83,18 @@ def main(argv=None) -> int:
                     help=f"drop allowed for scores, in standard errors (default {defaults.score_stderr_tol})")
     ap.add_argument("--allow-missing", action="store_true", help="a baseline metric missing from current is not a failure")
     ap.add_argument("--only-failures", action="store_true", help="print only rows that are not ok")
+    ap.add_argument("--save-baseline", metavar="CSV", help="write --current as a new baseline file (one row per "
+                    "variant and metric, no samples) instead of comparing")
     args = ap.parse_args(argv)
     cfg = RegressConfig(ppl_rel_tol=args.ppl_rel_tol, score_stderr_tol=args.score_stderr_tol,
                         fail_on_missing=defaults.fail_on_missing and not args.allow_missing)
     try:
+        if args.save_baseline:
+            save_baseline(store.read_any(args.current, "current"), args.save_baseline)
+            print(f"[harness.regress] wrote baseline {args.save_baseline}")
+            return 0
+        if not args.baseline:
+            raise HarnessError("give --baseline FILE (or --save-baseline CSV to create one from --current)")
         if cfg.ppl_rel_tol < 0 or cfg.score_stderr_tol < 0:
             raise HarnessError("tolerances must be >= 0")
         table = diff(store.read_any(args.baseline, "baseline"), store.read_any(args.current, "current"), cfg)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from harness import hub_data
 from harness.errors import HarnessError
 
 
@@ -27,6 +28,8 @@ class EvalText:
 
 
 def read_text(path: Path) -> str:
+    if hub_data.is_hub(path):  # eval.texts=[hub:wikitext2]: the paper protocol's text
+        return hub_data.text(str(path))
     if not path.is_file():
         raise HarnessError(f"eval text not found: {path}")
     text = path.read_text(encoding="utf-8", errors="replace")
