@@ -221,6 +221,8 @@ def parse_calls(text: str) -> list[dict] | None:
     tagged = _TAG.findall(text)
     if tagged:
         calls = [c for block in tagged for obj in _json_values(block) for c in (_as_calls(obj) or [])]
+        if not calls:  # e.g. SmolLM2's own convention: <tool_call>[f(a=1)]</tool_call>
+            calls = [c for block in tagged for c in (_python_calls(block) or [])]
         if calls:
             return calls
     plain = _FENCE.sub("", text)

@@ -112,6 +112,7 @@ def test_variable_of_ground_truth_type_is_accepted():
     ('[{"name": "a", "arguments": "{\\"x\\": 2}"}, {"b": {"y": [1, 2]}}]', [{"a": {"x": 2}}, {"b": {"y": [1, 2]}}]),
     ("[math.hypot(x=4, y=5), get_weather(city='Rome')]", [{"math.hypot": {"x": 4, "y": 5}}, {"get_weather": {"city": "Rome"}}]),
     ("I will call it.\nf(a=1.5, b=True, c=[1, 'x'], d=n)", [{"f": {"a": 1.5, "b": True, "c": [1, "x"], "d": "n"}}]),
+    ("<tool_call>[get_weather(city='Oslo'), f(a=1)]</tool_call>", [{"get_weather": {"city": "Oslo"}}, {"f": {"a": 1}}]),
 ])
 def test_parse_calls(text, expected):
     assert tc.parse_calls(text) == expected
