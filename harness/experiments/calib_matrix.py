@@ -57,7 +57,8 @@ def validate(cfg) -> None:
 def method_config(name: str, base):
     """The method's dataclass defaults plus its preset in conf/method/, with the study's format
     (bits, group size, symmetry) taken from ``method.*``."""
-    preset = OmegaConf.load(CONF_DIR / "method" / f"{name}.yaml")
+    path = CONF_DIR / "method" / f"{name}.yaml"
+    preset = OmegaConf.load(path) if path.is_file() else OmegaConf.create()
     preset.pop("defaults", None)
     spec = {k: base[k] for k in SPEC_FIELDS}
     return OmegaConf.merge(OmegaConf.structured(SCHEMAS["method"][name]), preset, spec)

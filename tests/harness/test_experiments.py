@@ -65,6 +65,11 @@ def test_salience_study_ranks_activation_over_weight_over_random(planted_llama_d
     for needle in ("Salient channels kept in full precision (RTN w3 g64 elsewhere)", "Token perplexity on code_py",
                    "| activation |", "Toy: two input channels", "channel 0 contributes 4.0", "only 0.6"):
         assert needle in text
+    # the decision report (python -m harness.report) carries the same study tables
+    from harness import report
+
+    decision = report.to_markdown(report.build(df, figures=False))
+    assert "Salient channels kept in full precision" in decision and "Toy: two input channels" in decision
 
 
 def test_calib_matrix_study_covers_sets_sizes_and_texts(tmp_path, tiny_llama_dir):
