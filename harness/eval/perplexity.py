@@ -89,6 +89,7 @@ def evaluate(model, text: EvalText, batch_size: int, desc: str = "") -> dict:
     seqlen = text.windows.shape[1]
     row = summarize(per_window, seqlen - 1)
     row.update(task=text.task, metric="ppl_token", windows=row["n"], tokens=row["n"] * (seqlen - 1), seqlen=seqlen)
+    row["samples"] = (per_window / (seqlen - 1)).tolist()  # per-window mean NLL, for paired bootstrap
     return row
 
 
