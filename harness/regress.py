@@ -63,7 +63,7 @@ def diff(baseline: pd.DataFrame, current: pd.DataFrame, cfg: RegressConfig) -> p
 
 
 def save_baseline(df: pd.DataFrame, path) -> None:
-    d = decide.label_variants(df).drop(columns=[results.SAMPLES, "variant"], errors="ignore")
+    d = decide.label_variants(df).drop(columns=[results.SAMPLES, "variant", "source"], errors="ignore")
     d = d.sort_values(["model", "method", "bits", "group_size", "suite", "task", "metric"])
     results.write_text(path, d.to_csv(index=False))
 

@@ -73,6 +73,15 @@ def to_frame(rows: list[dict]) -> pd.DataFrame:
     return df[COLUMNS + EXTRA_COLUMNS + [c for c in df.columns if c not in COLUMNS + EXTRA_COLUMNS]]
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def atomic_write(path: Path, write) -> None:
     """Call ``write(tmp_path)`` on a hidden temp file next to ``path``, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,6 +89,7 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a shared store must be readable like any file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -22,6 +22,7 @@ def test_append_is_one_complete_file_and_round_trips_samples(tmp_path):
     path = store.append(rows(), tmp_path, "rtn")
     assert path.parent == tmp_path / "org_model" / "rtn" and path.name.startswith("h1-20260101T000000")
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left behind
+    assert path.stat().st_mode & 0o044  # readable by the group/others like any file (not mkstemp's 0600)
     back = store.load(tmp_path)
     assert len(back) == 2 and back.loc[back.method == "fp", "samples"].item().tolist() == [2.0, 2.5, 2.25]
     assert back.loc[back.method == "rtn", "samples"].item() is None
