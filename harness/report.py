@@ -53,8 +53,7 @@ register_section(_study_sections)
 
 # ---------------------------------------------------------------- sections
 
-def _header(d: pd.DataFrame) -> list[Block]:
-    runs = d["run_id"].nunique() if "run_id" in d else 0
+def _header(d: pd.DataFrame, runs: int) -> list[Block]:
     shas = ", ".join(sorted(d["git_sha"].dropna().astype(str).unique())) if "git_sha" in d else "?"
     calibs = sorted(d.loc[d["method"] != "fp", "calib"].dropna().astype(str).unique())
     out = [Block("p", f"{runs} run(s); git {shas}; calibration: {', '.join(calibs) or '—'}.")]
@@ -253,7 +252,7 @@ def build(df: pd.DataFrame, title: str = "quant-harness decision report", figure
         d = decide.label_variants(rows)
         d["weight_bytes"] = d.apply(results.weight_bytes, axis=1)
         blocks.append(Block("h2" if df["model"].nunique() == 1 else "h1", f"Model: {model}"))
-        blocks += _header(d)
+        blocks += _header(d, rows["config_hash"].nunique())
         main = d[~decide.is_study(d)]
         if not main.empty:
             blocks += _recommendation(main, cfg)

@@ -1,0 +1,86 @@
+"""`python -m harness.regress`: exit 1 on a degraded metric, 0 on the baseline itself, 2 on bad input."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from harness import regress, results
+
+REPO = Path(__file__).resolve().parents[2]
+BASELINE = REPO / "results" / "baselines" / "smollm2-135m-nightly.csv"
+
+
+def run(*args):
+    return regress.main([str(a) for a in args])
+
+
+def nightly_methods():
+    conf = OmegaConf.load(REPO / "conf" / "experiment" / "nightly.yaml")
+    return set(str(conf.hydra.sweeper.params.method).split(","))
+
+
+def test_checked_in_baseline_passes_against_itself(capsys):
+    base = pd.read_csv(BASELINE)
+    assert "fp" in set(base.method) <= nightly_methods() and (base.model == "smollm2-135m").all()
+    assert run("--baseline", BASELINE, "--current", BASELINE) == 0
+    out = capsys.readouterr().out
+    assert "REGRESSED" not in out and f"{len(base)} ok" in out
+
+
+@pytest.mark.parametrize("factor, code", [(1.05, 1), (1.005, 0), (0.9, 0)])
+def test_injected_perplexity_change(tmp_path, capsys, factor, code):
+    cur = pd.read_csv(BASELINE)
+    worst = sorted(set(cur.method) - {"fp"})[0]  # any quantized method of the baseline
+    hit = (cur.method == worst) & cur.metric.map(results.lower_is_better)
+    cur.loc[hit, "value"] *= factor
+    cur.to_csv(tmp_path / "cur.csv", index=False)
+    assert run("--baseline", BASELINE, "--current", tmp_path / "cur.csv") == code
+    table = capsys.readouterr().out
+    regressed = [ln for ln in table.splitlines() if ln.startswith("|") and "REGRESSED" in ln]
+    assert len(regressed) == (int(hit.sum()) if code else 0)
+    assert all(f"{worst} w4 g64" in ln for ln in regressed)
+    if factor < 1:
+        assert "improved" in table
+    # a looser tolerance lets the 5% rise through
+    assert run("--baseline", BASELINE, "--current", tmp_path / "cur.csv", "--ppl-rel-tol", "0.06") == 0
+
+
+def score_rows(value, stderr=0.05):
+    return pd.DataFrame([{"model": "m", "method": "awq", "bits": 4, "group_size": 64, "calib": "prose", "suite": "code",
+                          "task": "humaneval", "metric": "pass@1", "value": value, "stderr": stderr, "n": 40}])
+
+
+@pytest.mark.parametrize("current, code", [(0.35, 1), (0.45, 0), (0.6, 0)])
+def test_scores_use_stderr_units(tmp_path, current, code):
+    score_rows(0.5).to_csv(tmp_path / "base.csv", index=False)
+    score_rows(current).to_csv(tmp_path / "cur.csv", index=False)
+    # combined stderr 0.0707: a 0.15 drop is 2.1 se (regression), a 0.05 drop 0.7 se (noise)
+    assert run("--baseline", tmp_path / "base.csv", "--current", tmp_path / "cur.csv") == code
+
+
+def test_missing_metric_fails_unless_allowed(tmp_path):
+    cur = pd.read_csv(BASELINE)
+    cur = cur[cur.method != "rtn"]
+    cur.to_csv(tmp_path / "cur.csv", index=False)
+    assert run("--baseline", BASELINE, "--current", tmp_path / "cur.csv") == 1
+    assert run("--baseline", BASELINE, "--current", tmp_path / "cur.csv", "--allow-missing") == 0
+
+
+def test_save_baseline_round_trip(tmp_path):
+    assert run("--current", BASELINE, "--save-baseline", tmp_path / "b.csv") == 0
+    assert run("--baseline", tmp_path / "b.csv", "--current", BASELINE) == 0
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--baseline", "/nonexistent.csv", "--current", str(BASELINE)], "baseline not found: /nonexistent.csv"),
+    (["--baseline", str(BASELINE), "--current", "/nonexistent/run"], "current not found"),
+    (["--baseline", str(BASELINE), "--current", str(REPO / "README.md")], "not a .csv or .parquet"),
+    (["--current", str(BASELINE)], "give --baseline FILE"),
+])
+def test_bad_input_is_one_line(args, needle):
+    r = subprocess.run([sys.executable, "-m", "harness.regress", *args], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
