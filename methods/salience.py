@@ -130,7 +130,7 @@ def toy_two_channel(bits: int, symmetric: bool = False) -> list[dict]:
     x = torch.tensor(TOY_ACTIVATIONS, dtype=torch.float64)
     y = float(w[0] @ x)
     rows = []
-    for label, keep in (("none", None), ("channel 0 (largest |x|)", [0]), ("channel 1 (largest |w|)", [1])):
+    for label, keep in (("none", None), ("channel 0 (largest activation)", [0]), ("channel 1 (largest weight)", [1])):
         wq = quantize_keeping(w, spec, None if keep is None else torch.tensor(keep))[0]
         yq = float(wq @ x)
         rows.append({"kept": label, "w_q": tuple(round(float(v), 4) for v in wq), "y": y, "y_q": yq,
