@@ -146,6 +146,8 @@ def _as_calls(obj) -> list[dict] | None:
                 args = json.loads(args)
             except ValueError:
                 return None
+        if isinstance(args, dict) and "properties" in args and args.get("type") in ("object", "dict"):
+            return None  # the tool's own definition echoed back, not a call
         return [{obj["name"]: args}] if isinstance(args, dict) else None
     if isinstance(obj.get("function"), dict):
         return _as_calls(obj["function"])

@@ -118,7 +118,12 @@ def test_parse_calls(text, expected):
     assert tc.parse_calls(text) == expected
 
 
-@pytest.mark.parametrize("text", ["The weather in Paris is sunny.", "", "f(1, 2)", '{"city": "Paris"}', "<tool_call>oops"])
+ECHOED_TOOL = json.dumps({"name": "get_weather", "description": "Weather in a city.", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}})
+
+
+@pytest.mark.parametrize("text", ["The weather in Paris is sunny.", "", "f(1, 2)", '{"city": "Paris"}', "<tool_call>oops",
+                                  ECHOED_TOOL])
 def test_unparsable_answers(text):
     assert tc.parse_calls(text) is None
 
