@@ -269,6 +269,10 @@ def build(df: pd.DataFrame, title: str = "quant-harness decision report", figure
 
 # ---------------------------------------------------------------- rendering
 
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and v != v)
+
+
 def to_markdown(blocks: list[Block], plots_dir: str | None = "plots") -> str:
     out = []
     for b in blocks:
@@ -277,7 +281,8 @@ def to_markdown(blocks: list[Block], plots_dir: str | None = "plots") -> str:
         elif b.kind == "p":
             out += [b.text, ""]
         elif b.kind == "table":
-            out += [results.markdown_table(b.table.astype(str).map(lambda s: s.replace("|", "\\|"))), ""]
+            cells = b.table.map(lambda v: "—" if _missing(v) else str(v).replace("|", "\\|"))
+            out += [results.markdown_table(cells), ""]
         elif b.kind == "figure" and b.png and plots_dir is not None:
             out += [f"![{b.text}]({plots_dir}/{b.name}.png)", "", f"*{b.text}*", ""]
     return "\n".join(out).rstrip() + "\n"
