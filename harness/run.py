@@ -1,6 +1,7 @@
 """The harness flow as plain functions: load → calibrate → quantize → evaluate → write."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -92,9 +93,37 @@ def export_quantized(model, tok, result, cfg) -> Path:
     return out
 
 
+def _digest(obj, h) -> None:
+    """Feed a content hash of ``obj`` to ``h``, stable across processes (a pickle of a tensor is not)."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().contiguous().cpu()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        h.update(type(obj).__qualname__.encode())
+        for f in dataclasses.fields(obj):
+            h.update(f.name.encode())
+            _digest(getattr(obj, f.name), h)
+    elif isinstance(obj, dict):
+        h.update(b"{")
+        for k in sorted(obj, key=repr):
+            _digest(k, h)
+            _digest(obj[k], h)
+        h.update(b"}")
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"[")
+        for v in obj:
+            _digest(v, h)
+        h.update(b"]")
+    elif obj is None or isinstance(obj, (str, int, float, bool, bytes, Path)):
+        h.update(f"{type(obj).__name__}:{obj!r}".encode())
+    else:
+        h.update(pickle.dumps(obj, protocol=4))
+
+
 def _reference_cache(cfg, fingerprint: str, suite: str, data) -> Path:
     key = hashlib.sha256(f"{fingerprint}|{suite}|".encode())
-    key.update(pickle.dumps(data, protocol=4))
+    _digest(data, key)
     key.update(json.dumps(OmegaConf.to_container(cfg.eval, resolve=True), sort_keys=True).encode())
     return Path(cfg.cache_dir) / "fp_reference" / f"{suite}-{key.hexdigest()[:24]}.pt"
 
