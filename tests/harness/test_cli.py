@@ -61,8 +61,8 @@ def test_public_contract_line(tiny_llama_dir, texts, tmp_path):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["method=awk"], "unknown method 'awk'; choose one of: awq, awq_clip, awq_scale, fp, gptq, rtn"),
-    (["model=nope"], "unknown model 'nope'; choose one of: hub, path, smollm2-135m"),
+    (["method=awk"], "unknown method 'awk'; choose one of: awq, awq_clip, awq_scale, fp, gptq, gptqmodel_awq, gptqmodel_gptq, llmc_awq, llmc_gptq, rtn"),
+    (["model=nope"], "unknown model 'nope'; choose one of: gemma3-270m, hub, path, smollm2-135m"),
     (["calib=poetry"], "unknown calib 'poetry'; choose one of:"),
     (["eval=huge"], "unknown eval 'huge'; choose one of: full, lm_eval, perplexity, quick"),
     (["method.bitz=3"], "unknown option method.bitz"),
