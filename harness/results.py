@@ -24,9 +24,9 @@ SAMPLES = "samples"  # optional per-item list of floats on a row; kept out of re
 ROW_KEY = ["config_hash", "method", "suite", "task", "metric"]
 
 # Direction of every metric, one rule: perplexity-like metrics (these names and prefixes) are
-# lower-is-better; every other metric (pass@1, json_valid, accuracy, ...) is higher-is-better.
+# lower-is-better (as is the salience study's output error); every other metric (pass@1, json_valid, accuracy, ...) is higher-is-better.
 LOWER_IS_BETTER_PREFIXES = ("ppl_", "nll", "kl")
-LOWER_IS_BETTER_NAMES = ("ppl_token",)
+LOWER_IS_BETTER_NAMES = ("ppl_token", "out_rel_mse")
 
 
 def lower_is_better(metric: str) -> bool:
