@@ -126,7 +126,7 @@ class LongContextConfig:
     n_targets: int = 4  # scored chunks per bucket (the same chunks in every bucket)
     needle_depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])  # empty = no needles
     needle_repeats: int = 1  # needle prompts per (length, depth)
-    needle_max_new_tokens: int = 12
+    needle_max_new_tokens: int = 24  # SmolLM2 restates the question before the number; digits are one token each
     needle_batch_size: int = 2
     batch_size: int = 1
 
