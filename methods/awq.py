@@ -26,8 +26,7 @@ from methods.capture import InputStats, LayerwiseRunner, layer_linears
 from methods.mappings import ArchMapping, ScaleGroup, mapping_for
 from methods.quantizer import QuantSpec, fake_quantize
 from methods.registry import QuantResult, register
-from methods.rtn import spec_from
-from methods.targets import check_group_size, fake_quantize_linears, peak_rss_mb, target_linears, untie_head
+from methods.targets import fake_quantize_linears, peak_rss_mb, prepare_targets
 
 log = logging.getLogger(__name__)
 _CHUNK_ELEMENTS = 1 << 26  # bound the batched candidate tensors (~256 MB in fp32)
@@ -126,14 +125,10 @@ class AWQ:
     @torch.no_grad()
     def quantize(self, model, calib, cfg) -> QuantResult:
         t0 = time.perf_counter()
-        spec = spec_from(cfg)
         do_scale = getattr(cfg, "scale", self.default_scale)
         do_clip = getattr(cfg, "clip", self.default_clip)
         mapping = mapping_for(model)
-        if cfg.quantize_lm_head:
-            untie_head(model)
-        targets = target_linears(model, include_lm_head=cfg.quantize_lm_head)
-        check_group_size(targets, spec)
+        spec, targets = prepare_targets(model, cfg)
         if calib is None:
             raise ValueError(f"{self.name} needs calibration data")
         runner = LayerwiseRunner(model, mapping, calib.input_ids, getattr(cfg, "batch_size", 8))

@@ -18,8 +18,7 @@ from methods.capture import LayerwiseRunner, layer_linears
 from methods.mappings import mapping_for
 from methods.quantizer import PER_CHANNEL, QuantizedWeight, QuantSpec, codes_for, compute_qparams
 from methods.registry import QuantResult, register
-from methods.rtn import spec_from
-from methods.targets import check_group_size, fake_quantize_linears, peak_rss_mb, target_linears, untie_head
+from methods.targets import fake_quantize_linears, peak_rss_mb, prepare_targets
 
 
 def _block_size(requested: int, group: int) -> int:
@@ -100,12 +99,8 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec, 
 class GPTQ:
     def quantize(self, model, calib, cfg) -> QuantResult:
         t0 = time.perf_counter()
-        spec = spec_from(cfg)
         mapping = mapping_for(model)
-        if cfg.quantize_lm_head:
-            untie_head(model)
-        targets = target_linears(model, include_lm_head=cfg.quantize_lm_head)
-        check_group_size(targets, spec)
+        spec, targets = prepare_targets(model, cfg)
         if calib is None:
             raise ValueError("gptq needs calibration data")
         runner = LayerwiseRunner(model, mapping, calib.input_ids, cfg.batch_size)

@@ -29,6 +29,17 @@ def check_group_size(linears: dict[str, nn.Linear], spec: QuantSpec) -> None:
         )
 
 
+def prepare_targets(model: nn.Module, cfg) -> tuple[QuantSpec, dict[str, nn.Linear]]:
+    """What every method does first: the spec from a method config and the Linears it quantizes
+    (the output head untied from the embeddings when it is one of them), group size checked."""
+    spec = QuantSpec(bits=cfg.bits, group_size=cfg.group_size, symmetric=cfg.symmetric)
+    if cfg.quantize_lm_head:
+        untie_head(model)
+    targets = target_linears(model, include_lm_head=cfg.quantize_lm_head)
+    check_group_size(targets, spec)
+    return spec, targets
+
+
 def untie_head(model: nn.Module) -> None:
     """Give the output head its own weight so quantizing it leaves the input embeddings alone."""
     head = model.get_output_embeddings()

@@ -8,7 +8,6 @@ parts need runs once). Each is evaluated on every eval text.
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pandas as pd

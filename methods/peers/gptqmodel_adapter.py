@@ -22,8 +22,7 @@ from harness.errors import HarnessError
 from methods.peers.common import adopt, require
 from methods.peers.llmcompressor_adapter import _tokenizer
 from methods.registry import QuantResult, register
-from methods.rtn import spec_from
-from methods.targets import check_group_size, peak_rss_mb, target_linears, untie_head
+from methods.targets import peak_rss_mb, prepare_targets
 
 PACKAGE = "gptqmodel>=7.6"
 
@@ -104,11 +103,7 @@ class _GPTQModel:
         from gptqmodel import GPTQModel
 
         t0 = time.perf_counter()
-        spec = spec_from(cfg)
-        if cfg.quantize_lm_head:
-            untie_head(model)
-        targets = target_linears(model, include_lm_head=cfg.quantize_lm_head)
-        check_group_size(targets, spec)
+        spec, targets = prepare_targets(model, cfg)
         rows = [{"input_ids": ids, "attention_mask": [1] * len(ids)} for ids in calib.input_ids.tolist()]
         with tempfile.TemporaryDirectory(prefix="gptqmodel-") as tmp, _inside(Path(tmp)):
             src, dst = Path(tmp) / "src", Path(tmp) / "quantized"

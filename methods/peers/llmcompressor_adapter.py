@@ -15,8 +15,7 @@ import torch
 from methods.peers.common import adopt, from_peer_params, head_name, require
 from methods.quantizer import QuantSpec
 from methods.registry import QuantResult, register
-from methods.rtn import spec_from
-from methods.targets import check_group_size, peak_rss_mb, target_linears, untie_head
+from methods.targets import peak_rss_mb, prepare_targets
 
 PACKAGE = "llmcompressor>=0.14"
 
@@ -77,11 +76,7 @@ class _LLMCompressor:
         from llmcompressor import oneshot
 
         t0 = time.perf_counter()
-        spec = spec_from(cfg)
-        if cfg.quantize_lm_head:
-            untie_head(model)
-        targets = target_linears(model, include_lm_head=cfg.quantize_lm_head)
-        check_group_size(targets, spec)
+        spec, targets = prepare_targets(model, cfg)
         ignore = [] if cfg.quantize_lm_head or head_name(model) is None else [head_name(model)]
         quant = {"group_0": {"targets": ["Linear"], "weights": weight_args(spec)}}
         ids = calib.input_ids
