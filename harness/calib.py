@@ -26,6 +26,7 @@ NAMED = {
     "pile_val": ["hub:pile_val"],  # the AWQ paper's calibration set, from the hub (harness/hub_data.py)
 }
 CHOICES = (*NAMED, "file")
+SHIPPED = tuple(n for n, files in NAMED.items() if not any(f.startswith("hub:") for f in files))  # usable offline
 
 
 @dataclass

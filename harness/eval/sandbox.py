@@ -36,17 +36,24 @@ NOBODY = 65534
 # Trusted prologue: runs first in the child, then executes the program file. Audit hooks cannot be
 # removed once added.
 _PROLOGUE = r"""
-import json, resource, sys
+import json, os, resource, signal, sys
 limits = json.loads(sys.argv[1])
 for name, value in limits.items():
-    resource.setrlimit(getattr(resource, name), (value, value))
+    # CPU: SIGXCPU at the soft limit names the cause (a signal death is garbled when relayed through
+    # unshare); the hard limit a second later SIGKILLs a program that ignores it
+    hard = value + 1 if name == "RLIMIT_CPU" else value
+    resource.setrlimit(getattr(resource, name), (value, hard))
+def on_cpu_limit(signum, frame):
+    os.write(2, b"\nsandbox: CPU time limit exceeded\n")
+    os._exit(124)
+signal.signal(signal.SIGXCPU, on_cpu_limit)
 def guard(event, args, blocked=frozenset(("socket.__new__", "socket.bind", "socket.connect", "socket.getaddrinfo",
                                           "os.kill", "os.killpg", "signal.pthread_kill", "ctypes.dlopen"))):
     if event in blocked:
         raise PermissionError(f"sandbox: {event} is not allowed")
 sys.addaudithook(guard)
 path = sys.argv[2]
-del json, resource, limits, guard
+del json, resource, limits, guard, hard
 with open(path, encoding="utf-8") as f:
     source = f.read()
 sys.argv = [path]

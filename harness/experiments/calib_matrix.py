@@ -66,7 +66,7 @@ def method_config(name: str, base):
 def plan(cfg) -> list[dict]:
     """(method, calib set, windows, role) for every quantized variant, RTN first, duplicates merged."""
     exp = cfg.experiment
-    sets = list(exp.calib_sets) or list(calib_mod.NAMED)
+    sets = list(exp.calib_sets) or list(calib_mod.SHIPPED)
     out: dict[tuple, dict] = {("rtn", None, None): {"method": "rtn", "calib": None, "samples": None, "role": "baseline"}}
     for s in sets:
         for m in exp.methods:

@@ -14,7 +14,7 @@ def cfg(**kw):
     return SimpleNamespace(**base)
 
 
-@pytest.mark.parametrize("name", list(calib.NAMED))
+@pytest.mark.parametrize("name", calib.SHIPPED)
 def test_every_named_set_loads(name, smol_tokenizer):
     c = calib.load(cfg(name=name, n_samples=8), smol_tokenizer)
     assert c.input_ids.shape == (8, 32) and c.input_ids.dtype == torch.long
