@@ -23,15 +23,17 @@ SAMPLES = "samples"  # optional per-item list of floats on a row; kept out of re
 # within one run a row is identified by these (the FP reference rows differ from the method's by method)
 ROW_KEY = ["config_hash", "method", "suite", "task", "metric"]
 
-# Direction of every metric, one rule: perplexity-like metrics (these names and prefixes) are
+# Direction of every metric, one rule: perplexity-like metrics (these names, prefixes, suffixes) are
 # lower-is-better (as is the salience study's output error); every other metric (pass@1, json_valid, accuracy, ...) is higher-is-better.
 LOWER_IS_BETTER_PREFIXES = ("ppl_", "nll", "kl")
+LOWER_IS_BETTER_SUFFIXES = ("_nll", "_kl")  # e.g. answer_nll (harness/eval/fidelity.py)
 LOWER_IS_BETTER_NAMES = ("ppl_token", "out_rel_mse")
 
 
 def lower_is_better(metric: str) -> bool:
     m = str(metric)
-    return m in LOWER_IS_BETTER_NAMES or m.startswith(LOWER_IS_BETTER_PREFIXES)
+    return (m in LOWER_IS_BETTER_NAMES or m.startswith(LOWER_IS_BETTER_PREFIXES)
+            or m.endswith(LOWER_IS_BETTER_SUFFIXES))
 
 
 def is_perplexity(metric: str) -> bool:

@@ -71,6 +71,16 @@ def check_export(cfg) -> None:
                            "choose a new path (nothing is overwritten)")
 
 
+def check_packable(model, cfg) -> None:
+    """AWQ-GEMM packs 8 output columns per int32: refuse before minutes of quantizing, not after."""
+    from kernels.pack import PACK
+
+    bad = [n for n, m in target_linears(model, cfg.method.quantize_lm_head).items() if m.out_features % PACK]
+    if bad:
+        raise HarnessError(f"export.dir: {bad[0]} has out_features={model.get_submodule(bad[0]).out_features}, "
+                           f"not a multiple of {PACK}; the AWQ-GEMM layout cannot hold it (drop export.dir)")
+
+
 def export_quantized(model, tok, result, cfg) -> Path:
     """Pack the quantized weights into QuantLinear layers and write the checkpoint atomically
     (a temporary sibling directory renamed into place)."""
@@ -170,6 +180,8 @@ def run(cfg, out_dir: Path):
             check_group_size(target_linears(model, cfg.method.quantize_lm_head), spec)
         except QuantSpecError as e:
             raise HarnessError(f"method.{e}") from None
+        if cfg.export.dir:
+            check_packable(model, cfg)
     prepared = {name: suites.get(name).prepare(tok, cfg) for name in cfg.eval.suites}
     calib = calib_mod.load(cfg.calib, tok)
 
@@ -195,15 +207,19 @@ def run(cfg, out_dir: Path):
                       "group_size": cfg.method.group_size, "quant_seconds": result.seconds} for r in out.rows]
     else:
         result = methods.get("fp").quantize(model, calib, cfg.method)
+    size = results.size_columns(model, cfg.method)  # before export swaps the Linears for packed layers
     if cfg.export.dir:
         t1 = time.perf_counter()
-        where = export_quantized(model, tok, result, cfg)
+        try:
+            where = export_quantized(model, tok, result, cfg)
+        except (ValueError, OSError) as e:
+            raise HarnessError(f"export.dir={cfg.export.dir}: {e}") from None
         print(f"[harness] exported AWQ-GEMM checkpoint to {where} in {time.perf_counter() - t1:.1f}s")
 
     common = {
         "run_id": out_dir.name, "started_at": started, "git_sha": results.git_sha(), "model": cfg.model.name,
         "calib": cfg.calib.name if cfg.calib.name != "file" else f"file:{Path(cfg.calib.path).name}",
         "calib_samples": calib.n_samples, "calib_seqlen": calib.seqlen, "config_hash": config_hash(cfg),
-        "versions": results.versions(), "model_note": cfg.model.note, **results.size_columns(model, cfg.method),
+        "versions": results.versions(), "model_note": cfg.model.note, **size,
     }
     return results.to_frame([{**common, **r} for r in rows]), result

@@ -61,3 +61,13 @@ def test_export_never_overwrites_an_existing_directory(tmp_path):
     r = harness("method=rtn", f"export.dir={ckpt}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert r.returncode != 0 and "already exists and is not an empty directory" in r.stderr
     assert (ckpt / "keep.txt").read_text() == "precious"
+
+
+def test_sizes_are_measured_before_the_export_packs_the_layers(tiny_llama_dir, tmp_path):
+    import pandas as pd
+
+    r = harness("method=rtn", "model=path", f"model.path={tiny_llama_dir}", f"export.dir={tmp_path / 'ckpt'}",
+                f"hydra.run.dir={tmp_path / 'run'}", *SMALL, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rtn = pd.read_csv(tmp_path / "run" / "results.csv").query("method == 'rtn'")
+    assert (rtn.params_quantized > 0).all() and (rtn.quant_groups > 0).all()

@@ -86,9 +86,10 @@ def test_read_any_accepts_files_runs_and_stores(tmp_path):
 
 
 def test_metric_direction_rule():
-    for m in ("ppl_token", "ppl_word", "nll", "nll_answer", "kl_to_fp", "kl"):
+    for m in ("ppl_token", "ppl_word", "nll", "nll_answer", "answer_nll", "kl_to_fp", "kl", "out_rel_mse"):
         assert results.lower_is_better(m), m
-    for m in ("pass@1", "json_valid", "schema_valid", "ast_match", "top1_agree", "acc"):
+    for m in ("pass@1", "json_valid", "schema_valid", "field_accuracy", "ast_match", "parse_rate", "top1_agree_fp",
+              "exact_match_fp", "needle_match", "acc"):
         assert not results.lower_is_better(m), m
 
 
