@@ -7,6 +7,7 @@ seeded generator: non-overlapping when the stream is long enough, random offsets
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,12 @@ def sample_windows(stream: torch.Tensor, n: int, seqlen: int, gen: torch.Generat
     return torch.stack([stream[s : s + seqlen] for s in starts.tolist()])
 
 
+def repeat_warning(source: str, tokens: int, n_windows: int, seqlen: int) -> str:
+    return (f"calibration text {source} has {tokens} tokens but {n_windows} windows x {seqlen} need "
+            f"{n_windows * seqlen}: windows overlap, so the calibration data is smaller than asked "
+            f"(GPTQ overfits small sets); add text or lower calib.n_samples / calib.seqlen")
+
+
 def load(cfg, tok) -> CalibSet:
     if cfg.name not in CHOICES:
         raise HarnessError(f"unknown calibration set {cfg.name!r}; choose one of: {', '.join(CHOICES)}")
@@ -119,6 +126,9 @@ def load(cfg, tok) -> CalibSet:
     # a mixed set draws an equal share of windows from each source
     shares = [cfg.n_samples // len(streams) + (i < cfg.n_samples % len(streams)) for i in range(len(streams))]
     windows = [sample_windows(s, k, cfg.seqlen, gen) for s, k in zip(streams, shares) if k]
+    for f, s, k in zip(files, streams, shares):
+        if k * cfg.seqlen > s.numel():
+            print(f"[harness] warning: {repeat_warning(f.name, s.numel(), k, cfg.seqlen)}", file=sys.stderr)
     return CalibSet(
         name=cfg.name,
         input_ids=torch.cat(windows),

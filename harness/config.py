@@ -68,7 +68,7 @@ class PeerAWQConfig(MethodConfig):
 
 @dataclass
 class CalibConfig:
-    name: str = "prose"
+    name: str = "mixed"  # every shipped traffic kind in equal shares: what the eval suites serve
     path: Optional[str] = None  # calib=file: a local .txt or .jsonl
     n_samples: int = 32
     seqlen: int = 256

@@ -52,3 +52,13 @@ def test_bad_files_are_clear_errors(tmp_path, smol_tokenizer):
         calib.load(cfg(name="file", path=str(short)), smol_tokenizer)
     with pytest.raises(HarnessError, match="choose one of: prose, code"):
         calib.load(cfg(name="poetry"), smol_tokenizer)
+
+
+def test_windows_that_must_repeat_text_are_flagged(smol_tokenizer, capsys):
+    stream = calib.token_stream(calib.read_documents(calib.CALIB_DIR / "prose.txt", smol_tokenizer), smol_tokenizer)
+    n = stream.numel() // 256 + 2  # more 256-token windows than the text holds
+    calib.load(cfg(name="prose", n_samples=n, seqlen=256), smol_tokenizer)
+    err = capsys.readouterr().err
+    assert f"prose.txt has {stream.numel()} tokens" in err and "windows overlap" in err
+    calib.load(cfg(name="prose", n_samples=2, seqlen=256), smol_tokenizer)
+    assert "windows overlap" not in capsys.readouterr().err
