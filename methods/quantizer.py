@@ -130,3 +130,8 @@ class QuantizedWeight:
 
     def dequantize(self) -> torch.Tensor:
         return dequantize(self.codes, self.scale, self.zero, self.spec)
+
+    def rows(self, start: int, stop: int) -> "QuantizedWeight":
+        """The output rows ``start:stop`` (a Linear's share of a stacked weight)."""
+        return QuantizedWeight(self.codes[start:stop].clone(), self.scale[start:stop].clone(),
+                               self.zero[start:stop].clone(), self.spec)
