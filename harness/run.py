@@ -30,6 +30,9 @@ def config_hash(cfg) -> str:
     d.pop("store_dir", None)
     d.pop("resume", None)
     d.pop("export", None)
+    if d.get("method", {}).get("name") == "fp":  # bits, groups, calibration do not touch the FP model
+        d["method"] = {"name": "fp"}
+        d.pop("calib", None)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
