@@ -2,7 +2,8 @@
 
 A set is a token stream (plain text tokenized as is; chat conversations rendered through the
 tokenizer's chat template). ``n_samples`` windows of ``seqlen`` tokens are drawn from it with a
-seeded generator: non-overlapping when the stream is long enough, random offsets otherwise.
+seeded generator: non-overlapping and spread over the whole stream (one per equal stretch) when it is
+long enough, random offsets otherwise.
 """
 from __future__ import annotations
 
@@ -92,7 +93,11 @@ def token_stream(docs: list[str], tok) -> torch.Tensor:
 def sample_windows(stream: torch.Tensor, n: int, seqlen: int, gen: torch.Generator) -> torch.Tensor:
     n_full = stream.numel() // seqlen
     if n_full >= n:
-        starts = torch.randperm(n_full, generator=gen)[:n].sort().values * seqlen
+        # stratified: one random slot in each of n equal stretches, so a text made of parts
+        # (languages, documents) is covered end to end rather than by a random cluster of slots
+        edges = torch.linspace(0, n_full, n + 1).long().tolist()
+        slots = [int(torch.randint(a, b, (1,), generator=gen)) for a, b in zip(edges[:-1], edges[1:])]
+        starts = torch.tensor(slots) * seqlen
     else:
         starts = torch.randint(0, stream.numel() - seqlen + 1, (n,), generator=gen).sort().values
     return torch.stack([stream[s : s + seqlen] for s in starts.tolist()])

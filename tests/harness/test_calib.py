@@ -62,3 +62,13 @@ def test_windows_that_must_repeat_text_are_flagged(smol_tokenizer, capsys):
     assert f"prose.txt has {stream.numel()} tokens" in err and "windows overlap" in err
     calib.load(cfg(name="prose", n_samples=2, seqlen=256), smol_tokenizer)
     assert "windows overlap" not in capsys.readouterr().err
+
+
+def test_windows_cover_the_whole_stream():
+    """A set made of parts (one language after another) must not be calibrated on a cluster of them."""
+    stream = torch.arange(20 * 16)
+    for seed in range(5):
+        w = calib.sample_windows(stream, 10, 16, torch.Generator().manual_seed(seed))
+        slots = (w[:, 0] // 32).tolist()  # which of ten 32-token parts each window starts in
+        assert slots == list(range(10))
+        assert (w[:, 0] % 16 == 0).all() and w[:, 0].unique().numel() == 10  # whole, distinct slots
