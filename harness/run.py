@@ -46,7 +46,9 @@ def validate_static(cfg) -> None:
     if cfg.calib.name not in calib_mod.CHOICES:
         raise HarnessError(f"unknown calibration set {cfg.calib.name!r}; choose one of: {', '.join(calib_mod.CHOICES)}")
     for s in cfg.eval.suites:
-        suites.get(s)
+        check = getattr(suites.get(s), "check_installed", None)  # a missing data package fails before loading
+        if check is not None:
+            check()
     try:
         QuantSpec(cfg.method.bits, cfg.method.group_size, cfg.method.symmetric)
     except QuantSpecError as e:

@@ -3,6 +3,9 @@
 ``prepare(tok, cfg) -> data``
     Load and validate the suite's inputs (raise HarnessError on bad input). Called before any
     quantization so that mistakes fail fast.
+``check_installed() -> None`` (optional)
+    Raise HarnessError with an install hint when a package the suite reads is missing; called
+    before the model loads.
 ``evaluate(model, tok, data, cfg, reference=None) -> SuiteOutput``
     Score the model. Called once on the FP model with ``reference=None`` (its ``reference`` output is
     cached on disk, keyed by the model's weights and the suite inputs) and again on the quantized

