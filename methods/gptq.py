@@ -118,7 +118,7 @@ class GPTQ:
             stats = runner.collect_stats(i, linears, mapping)
             for names in _input_sets(linears, stats):
                 # Linears reading the same input share one Hessian and GPTQ treats rows independently,
-                # so one call on their stacked rows equals separate calls (and is several times faster)
+                # so one call on their stacked rows equals separate calls, and the column loop runs once
                 st = stats[names[0]]
                 hessian = st.gram * (2.0 / max(st.tokens, 1))
                 stacked = torch.cat([linears[n].weight for n in names])
