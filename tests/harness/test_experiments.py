@@ -74,7 +74,7 @@ def test_salience_study_ranks_activation_over_weight_over_random(planted_llama_d
 
 def test_calib_matrix_study_covers_sets_sizes_and_texts(tmp_path, tiny_llama_dir):
     cfg = compose_cfg("+experiment=calib_matrix", *tiny_overrides(tiny_llama_dir, tmp_path),
-                      "experiment.calib_sets=[prose,code]", "experiment.sizes=[4,8]", "calib.n_samples=4",
+                      "experiment.calib_sets=[prose,code]", "experiment.sizes=[4,8]", "calib=prose", "calib.n_samples=4",
                       "experiment.eval_texts=[code_py,prose_en]", "eval.max_windows=1")
     df = calib_matrix.run(cfg, tmp_path / "run")
     ppl = df[df.metric == "ppl_token"]
