@@ -41,7 +41,7 @@ def test_injected_perplexity_change(tmp_path, capsys, factor, code):
     table = capsys.readouterr().out
     regressed = [ln for ln in table.splitlines() if ln.startswith("|") and "REGRESSED" in ln]
     assert len(regressed) == (int(hit.sum()) if code else 0)
-    assert all(f"{worst} w4 g64" in ln for ln in regressed)
+    assert all(f"{worst} w" in ln for ln in regressed)
     if factor < 1:
         assert "improved" in table
     # a looser tolerance lets the 5% rise through
