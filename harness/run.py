@@ -20,7 +20,7 @@ from harness.errors import HarnessError
 from harness import eval as suites
 from harness.eval import perplexity
 from methods.quantizer import QuantSpec, QuantSpecError
-from methods.targets import check_group_size, target_linears
+from methods.targets import check_group_size, spec_from, target_linears
 
 
 def config_hash(cfg) -> str:
@@ -50,7 +50,7 @@ def validate_static(cfg) -> None:
         if check is not None:
             check()
     try:
-        QuantSpec(cfg.method.bits, cfg.method.group_size, cfg.method.symmetric)
+        spec_from(cfg.method)
     except QuantSpecError as e:
         raise HarnessError(f"method.{e}") from None
     for t in cfg.eval.texts:
@@ -74,6 +74,16 @@ def check_export(cfg) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise HarnessError(f"export.dir={cfg.export.dir} already exists and is not an empty directory; "
                            "choose a new path (nothing is overwritten)")
+
+
+def method_spec(method_cfg, model) -> QuantSpec:
+    """The method's spec, with its group size checked against the model's Linears before quantizing."""
+    try:
+        spec = spec_from(method_cfg)
+        check_group_size(target_linears(model, method_cfg.quantize_lm_head), spec)
+    except QuantSpecError as e:
+        raise HarnessError(f"method.{e}") from None
+    return spec
 
 
 def check_packable(model, cfg) -> None:
@@ -180,11 +190,7 @@ def run(cfg, out_dir: Path):
 
     method = cfg.method.name
     if method != "fp":
-        try:
-            spec = QuantSpec(cfg.method.bits, cfg.method.group_size, cfg.method.symmetric)
-            check_group_size(target_linears(model, cfg.method.quantize_lm_head), spec)
-        except QuantSpecError as e:
-            raise HarnessError(f"method.{e}") from None
+        method_spec(cfg.method, model)
         if cfg.export.dir:
             check_packable(model, cfg)
     prepared = {name: suites.get(name).prepare(tok, cfg) for name in cfg.eval.suites}

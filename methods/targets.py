@@ -29,10 +29,15 @@ def check_group_size(linears: dict[str, nn.Linear], spec: QuantSpec) -> None:
         )
 
 
+def spec_from(cfg) -> QuantSpec:
+    """The quantization spec of a method config (bits, group_size, symmetric)."""
+    return QuantSpec(bits=cfg.bits, group_size=cfg.group_size, symmetric=cfg.symmetric)
+
+
 def prepare_targets(model: nn.Module, cfg) -> tuple[QuantSpec, dict[str, nn.Linear]]:
     """What every method does first: the spec from a method config and the Linears it quantizes
     (the output head untied from the embeddings when it is one of them), group size checked."""
-    spec = QuantSpec(bits=cfg.bits, group_size=cfg.group_size, symmetric=cfg.symmetric)
+    spec = spec_from(cfg)
     if cfg.quantize_lm_head:
         untie_head(model)
     targets = target_linears(model, include_lm_head=cfg.quantize_lm_head)

@@ -20,7 +20,8 @@ from harness import results
 from harness.cli_checks import CONF_DIR
 from harness.config import SCHEMAS
 from harness.errors import HarnessError
-from harness.experiments.session import Session, method_spec, variant_hash
+from harness.experiments.session import Session, variant_hash
+from harness.run import method_spec
 
 STUDY = "calib_matrix"
 SPEC_FIELDS = ("bits", "group_size", "symmetric", "quantize_lm_head")

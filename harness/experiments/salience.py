@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 from harness import calib as calib_mod
 from harness import results
 from harness.errors import HarnessError
-from harness.experiments.session import Session, method_spec, variant_hash
+from harness.experiments.session import Session, variant_hash
+from harness.run import method_spec
 from methods.salience import (SalienceError, check_choice, collect_input_stats, protect_salient, toy_contributions,
                               toy_two_channel)
 from methods.targets import peak_rss_mb, target_linears

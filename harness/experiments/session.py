@@ -16,8 +16,6 @@ from harness import eval as suites
 from harness import models, results, run
 from harness.data import EVAL_DIR, shipped_eval_texts
 from harness.errors import HarnessError
-from methods.quantizer import QuantSpec, QuantSpecError
-from methods.targets import check_group_size, target_linears
 
 
 def select_eval_texts(cfg) -> None:
@@ -31,15 +29,6 @@ def select_eval_texts(cfg) -> None:
         raise HarnessError(f"unknown eval text {unknown[0]!r} in experiment.eval_texts; shipped texts: "
                            f"{', '.join(sorted(shipped))} (in {EVAL_DIR})")
     cfg.eval.texts = [str(shipped[n]) for n in names]
-
-
-def method_spec(method_cfg, model) -> QuantSpec:
-    try:
-        spec = QuantSpec(method_cfg.bits, method_cfg.group_size, method_cfg.symmetric)
-        check_group_size(target_linears(model, method_cfg.quantize_lm_head), spec)
-    except QuantSpecError as e:
-        raise HarnessError(f"method.{e}") from None
-    return spec
 
 
 def variant_hash(cfg, variant: dict) -> str:
