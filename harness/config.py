@@ -151,7 +151,7 @@ class EvalConfig:
     seqlen: int = 512
     max_windows: int = 40  # per text; <= 0 means all windows
     batch_size: int = 4
-    gen_batch_size: int = 8  # prompts per greedy-decoding batch (generation suites)
+    gen_batch_size: int = 16  # prompts per greedy-decoding batch (generation suites); finished rows leave it
     fidelity_top_k: int = 64  # FP log-probs cached per answer token for KL to FP (harness/eval/fidelity.py)
     fidelity_batch_size: int = 4  # (prompt, answer) pairs per teacher-forced forward
     code: CodeSuiteConfig = field(default_factory=CodeSuiteConfig)

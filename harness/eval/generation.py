@@ -50,39 +50,52 @@ def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
-def _cache_kwarg(model) -> str:
-    """transformers renamed ``past_key_values`` to ``cache`` during 5.x; use what this version takes."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+def _forward_kwargs(model, cache) -> dict:
+    """Cache argument (transformers renamed ``past_key_values`` to ``cache`` during 5.x) and, where the
+    model takes it, ``logits_to_keep=1``: only the last position's logits are needed, which spares the
+    vocabulary projection over the whole prompt at prefill."""
+    params = inspect.signature(model.forward).parameters
+    kw = {"cache" if "cache" in params else "past_key_values": cache}
+    if "logits_to_keep" in params:
+        kw["logits_to_keep"] = 1
+    return kw
 
 
 @torch.no_grad()
 def _generate_batch(model, tok, rows: list[list[int]], max_new_tokens: int, stop: Sequence[str]) -> list[str]:
+    from transformers import DynamicCache
+
     eos = tok.eos_token_id
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos
     ids, mask = _left_pad(rows, pad)
     ids, mask = ids.to(model.device), mask.to(model.device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     new = [[] for _ in rows]
-    done = [False] * len(rows)
-    from transformers import DynamicCache
-
-    cache = {_cache_kwarg(model): DynamicCache(config=model.config)}  # filled in place by each forward
+    live = list(range(len(rows)))  # which input row each batch row still decoding is
+    cache = DynamicCache(config=model.config)  # filled in place by each forward
+    kwargs = _forward_kwargs(model, cache)
     step_ids = ids
     for _ in range(max_new_tokens):
-        out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, use_cache=True, **cache)
+        out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
         nxt = out.logits[:, -1].float().argmax(-1)
-        for i, t in enumerate(nxt.tolist()):
-            if done[i]:
-                continue
+        keep = []
+        for b, t in enumerate(nxt.tolist()):
             if t == eos:
-                done[i] = True
                 continue
-            new[i].append(t)
+            row = new[live[b]]
+            row.append(t)
             # only the tail can contain a fresh stop string; decoding it keeps this O(1) per step
-            if stop and any(s in tok.decode(new[i][-32:], skip_special_tokens=False) for s in stop):
-                done[i] = True
-        if all(done):
+            if stop and any(s in tok.decode(row[-32:], skip_special_tokens=False) for s in stop):
+                continue
+            keep.append(b)
+        if not keep:
             break
+        if len(keep) < len(live):
+            # finished rows leave the batch: decoding cost follows the rows still running
+            sel = torch.tensor(keep, device=nxt.device)
+            cache.reorder_cache(sel)
+            nxt, mask, positions = nxt[sel], mask[sel], positions[sel]
+            live = [live[b] for b in keep]
         step_ids = nxt.unsqueeze(-1)
         mask = torch.cat([mask, torch.ones_like(step_ids)], dim=-1)
         positions = positions[:, -1:] + 1

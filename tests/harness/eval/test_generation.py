@@ -75,3 +75,16 @@ def test_eos_ends_generation(smol_tokenizer):
 def test_truncate_at_stop_takes_earliest():
     assert truncate_at_stop("abc\ndef x\nclass y", ["\nclass", "\ndef"]) == "abc"
     assert truncate_at_stop("abc", ["zz"]) == "abc"
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
+def test_rows_that_stop_early_leave_the_others_unchanged(arch, smol_tokenizer):
+    # finished rows are dropped from the batch and its cache (sliding-window layers included)
+    model = tiny_model(arch, seed=2)
+    prompts = rendered(smol_tokenizer)
+    free = [greedy_generate(model, smol_tokenizer, [p], 20, batch_size=1)[0] for p in prompts]
+    stop = [free[0][3:12]]  # ends the first prompt's row after a few tokens, the others run on
+    one = [greedy_generate(model, smol_tokenizer, [p], 20, stop=stop, batch_size=1)[0] for p in prompts]
+    many = greedy_generate(model, smol_tokenizer, prompts, 20, stop=stop, batch_size=4)
+    assert many == one
+    assert len(one[0]) < len(free[0]) and any(o == f and len(o) > 5 for o, f in zip(one[1:], free[1:]))
