@@ -23,6 +23,7 @@ class ModelConfig:
     hub_id: Optional[str] = None  # hub: a model id on the Hugging Face hub
     revision: Optional[str] = None
     dtype: str = "float32"
+    device: str = "auto"  # auto (CUDA when torch sees one, else CPU) | cpu | cuda | cuda:N
     eos_token: Optional[str] = None  # set when the checkpoint's metadata gets it wrong
     pad_token: Optional[str] = None
     note: str = ""  # provenance shown in reports (e.g. "weights dequantized from a Q4_1 GGUF")

@@ -14,6 +14,23 @@ SOURCES = ("gguf_package", "path", "hub")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def resolve_device(name: str) -> torch.device:
+    """``model.device`` as a torch device; a clear error when the machine cannot provide it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    kind, _, index = name.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise HarnessError(f"unknown model.device {name!r}; choose one of: auto, cpu, cuda, cuda:N")
+    if not torch.cuda.is_available():
+        raise HarnessError(f"model.device={name} but torch {torch.__version__} sees no CUDA device; "
+                           "use model.device=cpu (or auto)")
+    if index and int(index) >= torch.cuda.device_count():
+        raise HarnessError(f"model.device={name} but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return torch.device(name)
+
+
 def _install_hint(package: str, install: str | None = None) -> str:
     return install or f"pip install --no-deps {package.replace('_', '-')}"
 
@@ -64,6 +81,7 @@ def load(cfg):
         raise HarnessError(f"unknown model.source {cfg.source!r}; choose one of: {', '.join(SOURCES)}")
     if cfg.dtype not in DTYPES:
         raise HarnessError(f"unknown model.dtype {cfg.dtype!r}; choose one of: {', '.join(DTYPES)}")
+    device = resolve_device(cfg.device)
     if cfg.source == "gguf_package":
         d = _assembled_gguf(cfg).parent if cfg.assemble else _gguf_dir(cfg.package, cfg.install)
         if not (d / cfg.gguf_file).is_file():
@@ -92,6 +110,7 @@ def load(cfg):
                 f"model=path model.path=DIR ({str(e).splitlines()[0][:160]})"
             ) from None
     _fix_special_tokens(model, tok, cfg)
+    model.to(device)  # methods and suites follow the model's device
     model.eval()
     model.requires_grad_(False)
     return model, tok

