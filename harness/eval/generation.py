@@ -50,7 +50,7 @@ def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
-def _forward_kwargs(model, cache) -> dict:
+def decode_kwargs(model, cache) -> dict:
     """Cache argument (transformers renamed ``past_key_values`` to ``cache`` during 5.x) and, where the
     model takes it, ``logits_to_keep=1``: only the last position's logits are needed, which spares the
     vocabulary projection over the whole prompt at prefill."""
@@ -73,7 +73,7 @@ def _generate_batch(model, tok, rows: list[list[int]], max_new_tokens: int, stop
     new = [[] for _ in rows]
     live = list(range(len(rows)))  # which input row each batch row still decoding is
     cache = DynamicCache(config=model.config)  # filled in place by each forward
-    kwargs = _forward_kwargs(model, cache)
+    kwargs = decode_kwargs(model, cache)
     step_ids = ids
     for _ in range(max_new_tokens):
         out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
