@@ -148,12 +148,12 @@ def size_columns(model, method_cfg) -> dict:
     """What weight_bytes needs: parameter counts and how many quantization groups the targets hold."""
     from methods.targets import target_linears
 
-    linears = target_linears(model, bool(method_cfg.get("quantize_lm_head", False)))
-    group = int(method_cfg.get("group_size", -1) or -1)
+    linears = target_linears(model, bool(method_cfg.quantize_lm_head))
+    group = int(method_cfg.group_size)
     quantized = sum(m.weight.numel() for m in linears.values())
     groups = sum(m.out_features * (m.in_features // group if group > 0 else 1) for m in linears.values())
     return {"params_total": sum(p.numel() for p in model.parameters()), "params_quantized": quantized,
-            "quant_groups": groups, "symmetric": bool(method_cfg.get("symmetric", False))}
+            "quant_groups": groups, "symmetric": bool(method_cfg.symmetric)}
 
 
 FP_STORAGE_BITS = 16  # unquantized tensors (and the whole FP model) are counted as fp16/bf16

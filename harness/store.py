@@ -93,7 +93,7 @@ def done_before(cfg, mode) -> Path | None:
 
     from harness.run import config_hash
 
-    if mode != RunMode.MULTIRUN or not cfg.get("resume", True):
+    if mode != RunMode.MULTIRUN or not cfg.resume:
         return None
     found = completed(cfg.store_dir, config_hash(cfg))
     if found is not None:
