@@ -8,7 +8,7 @@ eval texts are concatenated into one token stream; ``n_targets`` target chunks o
 chosen, evenly spaced, all ending at or after the largest bucket. For bucket L every target chunk is
 scored with exactly the L - tail tokens before it as context (a window of L tokens whose last ``tail``
 tokens are predicted). Every bucket therefore scores the same tokens; only the context differs.
-Perplexity and its standard error come from :func:`harness.eval.perplexity.summarize` over targets.
+Perplexity rows come from :func:`harness.eval.perplexity.ppl_row` over targets.
 
 Needle retrieval: a sentence "The secret number of <key> is <value>." is placed at depths 0..100%
 (sentence boundaries) of English filler of about L tokens, followed by the question; the greedy answer
@@ -165,9 +165,7 @@ class LongContextSuite:
             if L > limit:
                 continue
             nll = tail_nll(model, windows, data.tail, c.batch_size, desc=f"ppl ctx {L}")
-            row = perplexity.summarize(nll, data.tail)
-            rows.append({**row, "task": f"ctx{L}", "metric": "ppl_token", "windows": row["n"],
-                         "tokens": row["n"] * data.tail, "seqlen": L, "samples": (nll / data.tail).tolist()})
+            rows.append(perplexity.ppl_row(f"ctx{L}", nll, data.tail, L))
         needles = [n for n in data.needles if n.length <= limit]
         fp_ref = None
         if needles:

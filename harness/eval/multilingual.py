@@ -99,9 +99,7 @@ class MultilingualSuite:
             ref = None if reference is None else reference[code]
             nll, extra = score_windows(model, text.windows, c.batch_size, cfg.eval.fidelity_top_k, ref, desc=code)
             seqlen = text.windows.shape[1]
-            row = perplexity.summarize(nll, seqlen - 1)
-            rows.append({**row, "task": code, "metric": "ppl_token", "windows": row["n"], "tokens": row["n"] * (seqlen - 1),
-                         "seqlen": seqlen, "source": text.path, "samples": (nll / (seqlen - 1)).tolist()})
+            rows.append({**perplexity.ppl_row(code, nll, seqlen - 1, seqlen), "source": text.path})
             if reference is None:
                 fp_refs[code] = extra
             else:

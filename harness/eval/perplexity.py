@@ -84,13 +84,17 @@ def summarize(nll_per_window: torch.Tensor, tokens_per_window: int) -> dict:
     return {"value": ppl, "stderr": stderr, "n": n, "nll": mean_nll}
 
 
+def ppl_row(task: str, nll_per_window: torch.Tensor, tokens_per_window: int, seqlen: int) -> dict:
+    """The ``ppl_token`` result row every perplexity-scoring suite writes."""
+    row = summarize(nll_per_window, tokens_per_window)
+    return {**row, "task": task, "metric": "ppl_token", "windows": row["n"], "tokens": row["n"] * tokens_per_window,
+            "seqlen": seqlen, "samples": (nll_per_window / tokens_per_window).tolist()}  # for paired bootstrap
+
+
 def evaluate(model, text: EvalText, batch_size: int, desc: str = "") -> dict:
     per_window = window_nll(model, text.windows, batch_size, desc=desc or text.task)
     seqlen = text.windows.shape[1]
-    row = summarize(per_window, seqlen - 1)
-    row.update(task=text.task, metric="ppl_token", windows=row["n"], tokens=row["n"] * (seqlen - 1), seqlen=seqlen)
-    row["samples"] = (per_window / (seqlen - 1)).tolist()  # per-window mean NLL, for paired bootstrap
-    return row
+    return ppl_row(text.task, per_window, seqlen - 1, seqlen)
 
 
 class PerplexitySuite:
