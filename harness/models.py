@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -20,9 +21,10 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":
         return torch.device("cpu")
-    kind, _, index = name.partition(":")
-    if kind != "cuda" or (index and not index.isdigit()):
+    m = re.fullmatch(r"cuda(?::(0|[1-9][0-9]*))?", name)
+    if m is None:
         raise HarnessError(f"unknown model.device {name!r}; choose one of: auto, cpu, cuda, cuda:N")
+    index = m.group(1)
     if not torch.cuda.is_available():
         raise HarnessError(f"model.device={name} but torch {torch.__version__} sees no CUDA device; "
                            "use model.device=cpu (or auto)")

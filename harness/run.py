@@ -161,6 +161,8 @@ def evaluate_fp_reference(model, tok, prepared: dict, cfg) -> tuple[list[dict], 
     """FP rows and FP reference state for every suite, from the cache when the same weights and
     inputs were evaluated before."""
     fp_id = models.fingerprint(model)
+    if model.device.type != "cpu":  # GPU arithmetic rounds differently; CPU keys stay as they were
+        fp_id += f"|{model.device.type}"
     rows, refs = [], {}
     for name, data in prepared.items():
         cache = _reference_cache(cfg, fp_id, name, data)

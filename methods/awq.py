@@ -39,7 +39,7 @@ def proxy_loss(E: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
 
 def candidate_scales(x_mean: torch.Tensor, n_grid: int, w_mean: torch.Tensor | None = None) -> torch.Tensor:
     """[n_grid, in] scales for α = 0, 1/n, ..., (n-1)/n, normalised so that max·min = 1."""
-    alphas = torch.arange(n_grid, dtype=torch.float32).unsqueeze(1) / n_grid
+    alphas = torch.arange(n_grid, dtype=torch.float32, device=x_mean.device).unsqueeze(1) / n_grid
     x = x_mean.clamp_min(1e-4).unsqueeze(0)
     s = x.pow(alphas)
     if w_mean is not None:
@@ -78,7 +78,7 @@ def search_clip(weight: torch.Tensor, stats: InputStats, spec: QuantSpec, max_sh
     ng = in_f // g
     blocks = stats.gram.view(ng, g, ng, g).diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # [ng, g, g]
     absmax = W.view(out_f, ng, g).abs().amax(dim=-1)
-    best_err = torch.full((out_f, ng), float("inf"))
+    best_err = torch.full((out_f, ng), float("inf"), device=W.device)
     best_clip = absmax.clone()
     for i in range(max(1, int(max_shrink * n_grid))):
         clip = absmax * (1 - i / n_grid)

@@ -49,6 +49,8 @@ class InputStats:
 
     def add(self, x: torch.Tensor) -> None:
         x = x.reshape(-1, x.shape[-1]).float()
+        if self.gram.device != x.device:  # statistics live where the activations are (GPU runs)
+            self.gram, self.abs_sum = self.gram.to(x.device), self.abs_sum.to(x.device)
         self.gram.addmm_(x.T, x)
         self.abs_sum += x.abs().sum(dim=0)
         self.tokens += x.shape[0]

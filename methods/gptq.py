@@ -45,21 +45,21 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec, 
     static = act_order
     if static:
         scale_all, zero_all = compute_qparams(W, spec)  # [out, n_groups], from the original weights
-    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(in_f)
+    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(in_f, device=H.device)
     W, H = W[:, perm], H[perm][:, perm]
 
-    H += damp_percent * torch.mean(torch.diag(H)) * torch.eye(in_f)
+    H += damp_percent * torch.mean(torch.diag(H)) * torch.eye(in_f, device=H.device)
     try:
         Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
     except torch.linalg.LinAlgError:  # badly conditioned: dampen harder rather than fail
-        H += 0.1 * torch.mean(torch.diag(H)) * torch.eye(in_f)
+        H += 0.1 * torch.mean(torch.diag(H)) * torch.eye(in_f, device=H.device)
         Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
 
     codes = torch.zeros_like(W)
     n_groups = in_f // g
-    scale = torch.zeros(out_f, n_groups)
-    zero = torch.zeros(out_f, n_groups)
-    loss = torch.zeros(out_f)
+    scale = torch.zeros(out_f, n_groups, device=W.device)
+    zero = torch.zeros(out_f, n_groups, device=W.device)
+    loss = torch.zeros(out_f, device=W.device)
     B = _block_size(block_size, g)
     for i1 in range(0, in_f, B):
         i2 = min(i1 + B, in_f)

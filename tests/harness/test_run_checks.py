@@ -59,8 +59,9 @@ def test_model_device_choices_and_hash():
 
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(HarnessError, match="choose one of: auto, cpu, cuda, cuda:N"):
-        validate_static(cfg("model.device=tpu"))
+    for bad in ("tpu", "cuda:", "cuda:01", "CUDA", "cuda:x"):
+        with pytest.raises(HarnessError, match="choose one of: auto, cpu, cuda, cuda:N"):
+            validate_static(cfg(f"model.device={bad}"))
     if not torch.cuda.is_available():
         with pytest.raises(HarnessError, match="sees no CUDA device"):
             validate_static(cfg("model.device=cuda:0"))
