@@ -104,7 +104,8 @@ def _perplexity(d: pd.DataFrame, figures: bool) -> list[Block]:
                                            "dashed: FP.", png=png, name=f"perplexity_{metric}"))
         out.append(Block("table", table=table))
         if {"windows", "tokens"} <= set(p.columns):
-            detail = p.drop_duplicates(subset=["task"])[["task", "windows", "tokens"]].copy()
+            keys = (["suite"] if p["suite"].nunique() > 1 else []) + ["task"]
+            detail = p.drop_duplicates(subset=keys)[keys + ["windows", "tokens"]].copy()
             detail[["windows", "tokens"]] = detail[["windows", "tokens"]].astype("Int64")
             out += [Block("p", "Windows and scored tokens per text:"), Block("table", table=detail)]
     return out

@@ -225,7 +225,11 @@ def comparison(df: pd.DataFrame, metric: str = "ppl_token") -> pd.DataFrame:
             d.loc[d["method"] != "fp", "variant"] += " (" + d.loc[d["method"] != "fp", "calib"].astype(str) + ")"
     d = d.drop_duplicates(subset=["model", "variant", "suite", "task"], keep="last")
     d["cell"] = [fmt_value(v, s) for v, s in zip(d["value"], d["stderr"])]
-    order = ["fp"] + sorted(v for v in d["variant"].unique() if v != "fp")
-    index = ["model", "task"] if d["model"].nunique() > 1 else ["task"]
+    q = d[d["method"] != "fp"]
+    # FP, then widest first; at one width the baseline RTN before the calibrated methods
+    rank = {v: (-int(r["bits"]), r["method"] != "rtn", r["method"], int(r["group_size"]), v)
+            for v, r in zip(q["variant"], q.to_dict("records"))}
+    order = ["fp"] + sorted(rank, key=rank.get)
+    index = (["model"] if d["model"].nunique() > 1 else []) + (["suite"] if d["suite"].nunique() > 1 else []) + ["task"]
     table = d.pivot_table(index=index, columns="variant", values="cell", aggfunc="last")
     return table[[v for v in order if v in table.columns]].reset_index().rename_axis(columns=None)

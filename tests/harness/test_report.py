@@ -153,3 +153,13 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(e.startswith("error:") for e in err)
     assert "no such run directory" in err[0] and "results store not found" in err[1] and "--store" in err[2]
+
+
+def test_comparison_orders_variants_and_keeps_suites_apart():
+    nll = np.linspace(2.0, 2.4, 6)
+    rows = [dict(ppl_row(nll, task="de"), method="fp"), ppl_row(nll + 0.3, task="de"),
+            dict(ppl_row(nll, task="de", seqlen=256), suite="multilingual")]
+    df = pd.concat([run_rows(m, b, 64, rows) for m, b in [("awq", 3), ("rtn", 3), ("gptq", 4), ("rtn", 4)]])
+    table = results.comparison(df)
+    assert list(table.columns) == ["suite", "task", "fp", "rtn w4 g64", "gptq w4 g64", "rtn w3 g64", "awq w3 g64"]
+    assert sorted(table["suite"]) == ["multilingual", "perplexity"]  # same task name, two rows
