@@ -53,12 +53,16 @@ def perplexity_grid(d: pd.DataFrame, metric: str = "ppl_token") -> bytes | None:
     return _png(fig)
 
 
-def delta_heatmap(cells: pd.DataFrame) -> bytes | None:
-    """``cells``: variant × column with ``loss`` (vs FP, in units of the tolerance) and ``text``."""
+def delta_heatmap(cells: pd.DataFrame, order: list[str] | None = None) -> bytes | None:
+    """``cells``: variant × column with ``loss`` (vs FP, in units of the tolerance) and ``text``;
+    rows in ``order`` when given."""
     if cells.empty:
         return None
     loss = cells.pivot_table(index="variant", columns="column", values="loss", aggfunc="mean")
     text = cells.pivot_table(index="variant", columns="column", values="text", aggfunc="first")
+    if order:
+        rows = [v for v in order if v in loss.index] + [v for v in loss.index if v not in order]
+        loss, text = loss.reindex(rows), text.reindex(rows)
     fig, ax = plt.subplots(figsize=(1.3 + 1.05 * loss.shape[1], 0.9 + 0.45 * loss.shape[0]))
     vals = np.clip(loss.to_numpy(dtype=float), -3, 3)
     im = ax.imshow(vals, cmap="RdYlGn_r", vmin=-3, vmax=3, aspect="auto")

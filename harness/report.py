@@ -147,7 +147,7 @@ def _deltas(d: pd.DataFrame, cfg: DecisionConfig, figures: bool) -> list[Block]:
     if figures and not cells.empty:
         out.append(Block("figure", "Change vs FP: perplexity-like metrics in % (positive = worse), scores as "
                                    "absolute differences (negative = worse). Colour: loss in units of the "
-                                   "tolerance, green better than FP.", png=plots.delta_heatmap(cells),
+                                   "tolerance, green better than FP.", png=plots.delta_heatmap(cells, results.variant_order(d)),
                          name="deltas_heatmap"))
     for metric in scores:
         table = results.comparison(d, metric)

@@ -213,6 +213,15 @@ def variant_label(r) -> str:
     return f"{r['method']} w{int(r['bits'])} g{int(r['group_size'])}{sym}"
 
 
+def variant_order(d: pd.DataFrame) -> list[str]:
+    """The ``variant`` values of ``d`` as reports list them: FP, then widest first; at one width the
+    baseline RTN before the calibrated methods."""
+    q = d[d["method"] != "fp"]
+    rank = {v: (-int(r["bits"]), r["method"] != "rtn", r["method"], int(r["group_size"]), v)
+            for v, r in zip(q["variant"], q.to_dict("records"))}
+    return (["fp"] if (d["method"] == "fp").any() else []) + sorted(rank, key=rank.get)
+
+
 def comparison(df: pd.DataFrame, metric: str = "ppl_token") -> pd.DataFrame:
     """One row per task, one column per model variant: 'value ± stderr'. FP first."""
     d = df[df["metric"] == metric].copy()
@@ -225,11 +234,7 @@ def comparison(df: pd.DataFrame, metric: str = "ppl_token") -> pd.DataFrame:
             d.loc[d["method"] != "fp", "variant"] += " (" + d.loc[d["method"] != "fp", "calib"].astype(str) + ")"
     d = d.drop_duplicates(subset=["model", "variant", "suite", "task"], keep="last")
     d["cell"] = [fmt_value(v, s) for v, s in zip(d["value"], d["stderr"])]
-    q = d[d["method"] != "fp"]
-    # FP, then widest first; at one width the baseline RTN before the calibrated methods
-    rank = {v: (-int(r["bits"]), r["method"] != "rtn", r["method"], int(r["group_size"]), v)
-            for v, r in zip(q["variant"], q.to_dict("records"))}
-    order = ["fp"] + sorted(rank, key=rank.get)
+    order = variant_order(d)
     index = (["model"] if d["model"].nunique() > 1 else []) + (["suite"] if d["suite"].nunique() > 1 else []) + ["task"]
     table = d.pivot_table(index=index, columns="variant", values="cell", aggfunc="last")
     return table[[v for v in order if v in table.columns]].reset_index().rename_axis(columns=None)
