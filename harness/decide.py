@@ -14,6 +14,8 @@ Per task metric the best variant wins unless the runner-up is not significantly 
 the smallest of the tied variants is recommended ("no significant difference"). Overall, the
 smallest variant within tolerance of FP on every task metric is recommended (within tolerance:
 the loss vs FP is at most ``DecisionConfig`` tolerance, or not significantly different from 0).
+When no variant is, the one that is best or not significantly worse than the best on the most task
+metrics is recommended (then the smaller worst loss vs FP, then the smaller size).
 """
 from __future__ import annotations
 
@@ -151,6 +153,7 @@ class TaskPick:
     tie: bool
     why: str
     ranking: list[str] = field(default_factory=list)
+    leaders: list[str] = field(default_factory=list)  # the best and those not significantly worse
 
 
 def _better(metric: str, values: pd.Series) -> pd.Series:
@@ -171,7 +174,8 @@ def pick_task(rows: pd.DataFrame, fp, cfg: DecisionConfig) -> TaskPick:
     vs_fp = f" ({describe_change(best, fp)})" if fp is not None else ""
     if n == 1:
         return TaskPick(suite, task, metric, best["variant"], False,
-                        f"{best['variant']}: {metric} {value}{vs_fp}; the only quantized variant", rank_names)
+                        f"{best['variant']}: {metric} {value}{vs_fp}; the only quantized variant", rank_names,
+                        [best["variant"]])
     ties = [r for r in ranked[1:] if not compare(r, best, cfg).significant]
     if ties:
         group = [best] + ties
@@ -180,11 +184,14 @@ def pick_task(rows: pd.DataFrame, fp, cfg: DecisionConfig) -> TaskPick:
         names = ", ".join(r["variant"] for r in group)
         why = (f"no significant difference between {names} (runner-up − best: {_fmt_iv(iv, cfg)}); "
                f"{smallest['variant']} is the smallest of them ({mb(_num(smallest['weight_bytes']))})")
-        return TaskPick(suite, task, metric, smallest["variant"], True, why, rank_names)
+        seconds = _num(smallest.get("quant_seconds"))
+        if seconds == seconds and sum(_num(r["weight_bytes"]) == _num(smallest["weight_bytes"]) for r in group) > 1:
+            why += f" and, of those that size, the quickest to quantize ({seconds:.0f} s)"
+        return TaskPick(suite, task, metric, smallest["variant"], True, why, rank_names, [r["variant"] for r in group])
     iv = compare(ranked[1], best, cfg)
     why = (f"{best['variant']}: {metric} {value}{vs_fp}, best of {n}; "
            f"significantly better than {ranked[1]['variant']} (difference {_fmt_iv(iv, cfg)})")
-    return TaskPick(suite, task, metric, best["variant"], False, why, rank_names)
+    return TaskPick(suite, task, metric, best["variant"], False, why, rank_names, [best["variant"]])
 
 
 def _fmt_iv(iv: Interval, cfg: DecisionConfig) -> str:
@@ -241,11 +248,12 @@ def decide(df: pd.DataFrame, cfg: DecisionConfig | None = None) -> Decision:
                f"{int(best['tasks'])} task metrics (worst: {best['worst']}); smallest size within tolerance ({mb(best['bytes'])}{fp_size}), "
                f"{len(ok)} of {len(table)} variants qualify")
         return Decision(picks, best["variant"], why, table)
-    wins = pd.Series([p.variant for p in picks]).value_counts()
-    complete = complete.assign(wins=complete["variant"].map(wins).fillna(0)).sort_values(["wins", "worst_loss"],
-                                                                                       ascending=[False, True])
+    # quality alone: a pick settled by size or quantization time is no evidence that a variant is better
+    top = pd.Series([v for p in picks for v in p.leaders]).value_counts()
+    complete = complete.assign(top=complete["variant"].map(top).fillna(0)).sort_values(
+        ["top", "worst_loss", "bytes"], ascending=[False, True, True])
     best = complete.iloc[0]
     why = (f"no variant stays within tolerance of FP on every task metric ({n_keys}); {best['variant']} "
-           f"is recommended on {int(best['wins'])} of them and its worst loss is {best['worst']} "
+           f"is best or not significantly worse than the best on {int(best['top'])} of them and its worst loss is {best['worst']} "
            f"({mb(best['bytes'])}{fp_size}) — consider more bits or a smaller group size")
     return Decision(picks, best["variant"], why, table)

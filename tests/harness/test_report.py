@@ -163,3 +163,27 @@ def test_comparison_orders_variants_and_keeps_suites_apart():
     table = results.comparison(df)
     assert list(table.columns) == ["suite", "task", "fp", "rtn w4 g64", "gptq w4 g64", "rtn w3 g64", "awq w3 g64"]
     assert sorted(table["suite"]) == ["multilingual", "perplexity"]  # same task name, two rows
+
+
+def test_a_tie_between_equal_sizes_goes_to_the_quicker_method():
+    nll = np.linspace(2.0, 2.4, 8)
+    rows = [dict(ppl_row(nll), method="fp"), ppl_row(nll + 0.1)]
+    df = pd.concat([run_rows("awq", 4, 64, rows, quant_seconds=100.0),
+                    run_rows("gptq", 4, 64, rows, quant_seconds=90.0)])
+    pick = decide.decide(df).tasks[0]
+    assert pick.tie and pick.variant == "gptq w4 g64"
+    assert "of those that size, the quickest to quantize (90 s)" in pick.why
+
+
+def test_without_a_variant_within_tolerance_quality_decides_not_tie_breaks():
+    # gptq is as good as awq on texts a and c and clearly worse on b; both far from FP. The
+    # quantization-time tie-break hands gptq a and c, but awq is at the top on all three texts.
+    nll = np.linspace(2.0, 2.4, 8)
+    texts = ("a", "b", "c")
+    fp = [dict(ppl_row(nll, task=t), method="fp") for t in texts]
+    awq = run_rows("awq", 4, 64, fp + [ppl_row(nll + 0.5, task=t) for t in texts], quant_seconds=100.0)
+    gptq = run_rows("gptq", 4, 64, fp + [ppl_row(nll + (0.9 if t == "b" else 0.5), task=t) for t in texts],
+                    quant_seconds=90.0)
+    dec = decide.decide(pd.concat([awq, gptq]))
+    assert [p.variant for p in dec.tasks] == ["gptq w4 g64", "awq w4 g64", "gptq w4 g64"]
+    assert dec.overall == "awq w4 g64" and "not significantly worse than the best on 3 of them" in dec.overall_why
