@@ -95,7 +95,7 @@ def test_dead_input_channels_are_zeroed_not_nan():
     assert deq[:, 10].abs().max() <= qw.scale[:, 0].max()  # the dead column quantizes to (about) zero
 
 
-@pytest.mark.parametrize("arch,act_order", zip(ARCHS, [False, True, False, True]))
+@pytest.mark.parametrize("arch,act_order", list(zip(ARCHS, [False, True, False, True])))
 def test_gptq_end_to_end_quantizes_every_target(arch, act_order):
     model = tiny_model(arch, vocab_size=256)
     calib = random_calib()
