@@ -185,7 +185,7 @@ def pick_task(rows: pd.DataFrame, fp, cfg: DecisionConfig) -> TaskPick:
         why = (f"no significant difference between {names} (runner-up − best: {_fmt_iv(iv, cfg)}); "
                f"{smallest['variant']} is the smallest of them ({mb(_num(smallest['weight_bytes']))})")
         seconds = _num(smallest.get("quant_seconds"))
-        if seconds == seconds and sum(_num(r["weight_bytes"]) == _num(smallest["weight_bytes"]) for r in group) > 1:
+        if not math.isnan(seconds) and sum(_num(r["weight_bytes"]) == _num(smallest["weight_bytes"]) for r in group) > 1:
             why += f" and, of those that size, the quickest to quantize ({seconds:.0f} s)"
         return TaskPick(suite, task, metric, smallest["variant"], True, why, rank_names, [r["variant"] for r in group])
     iv = compare(ranked[1], best, cfg)
