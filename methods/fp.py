@@ -1,8 +1,12 @@
-"""The unquantized reference: leaves the model untouched."""
+"""The unquantized reference: an ordinary method that leaves the model untouched.
+
+``FP`` is the one spelling of its name; every other module compares against this constant."""
 from methods.registry import QuantResult, register
 
+FP = "fp"
 
-@register("fp")
+
+@register(FP)
 class FullPrecision:
     def quantize(self, model, calib, cfg) -> QuantResult:
-        return QuantResult(method="fp")
+        return QuantResult(method=FP)
