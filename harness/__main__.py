@@ -11,6 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
 
 from harness.cli_checks import check_group_choices  # noqa: E402
 from harness.config import register_configs  # noqa: E402
@@ -21,12 +22,12 @@ register_configs()
 
 def fail(msg: str, out_dir: Path | None = None) -> None:
     if out_dir is not None:
-        _remove_partial(out_dir)
+        remove_partial(out_dir)
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(2)
 
 
-def _remove_partial(out_dir: Path) -> None:
+def remove_partial(out_dir: Path) -> None:
     """Drop what Hydra created for a run that failed; never touch an earlier run's results."""
     if (out_dir / "results.csv").exists():
         return
@@ -37,28 +38,32 @@ def _remove_partial(out_dir: Path) -> None:
         pass
 
 
+def plan_of(cfg):
+    """The variants this command runs: a study's plan, or the plain run / ``variants=[...]`` plan."""
+    from harness import experiments, plan
+
+    if experiments.selected(cfg):
+        return experiments.plan(cfg)
+    return plan.build(cfg)
+
+
 @hydra.main(config_path="pkg://conf", config_name="config", version_base="1.3")
 def main(cfg) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        from harness.run import run
-        from harness.report import write_run_outputs
-        from harness.store import done_before
-        from harness import experiments
+        from harness import outputs, session
 
-        if experiments.selected(cfg):  # a study (+experiment=salience|calib_matrix): many variants, one model
-            experiments.write_outputs(experiments.run(cfg, out_dir), cfg, out_dir)
+        variants = plan_of(cfg)
+        outcomes = session.run(cfg, variants, out_dir.name, resume=cfg.resume and (multirun or bool(cfg.variants)))
+        if multirun and all(o.result is None for o in outcomes):  # a resumed sweep: this job was done before
+            remove_partial(out_dir)
             return
-
-        if done_before(cfg, HydraConfig.get().mode):  # a resumed sweep skips configs already stored
-            _remove_partial(out_dir)
-            return
-        df, _ = run(cfg, out_dir)
-        write_run_outputs(df, cfg, out_dir)
+        outputs.write(*session.combined(outcomes), cfg, out_dir)
     except HarnessError as e:
         fail(str(e), out_dir)
     except KeyboardInterrupt:
-        fail("interrupted; no results written", out_dir)
+        fail("interrupted; finished variants are in the store, nothing else was written", out_dir)
 
 
 if __name__ == "__main__":

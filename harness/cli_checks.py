@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from harness.config import SCHEMAS
+from harness.config import REGISTRY_GROUPS, schema_nodes
 from harness.errors import HarnessError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -16,11 +16,21 @@ GROUPS = ("model", "method", "calib", "eval", "experiment")
 
 
 def group_choices(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    """Preset files in conf/<group>/, plus every registered name for the registry groups."""
+    names = {p.stem for p in (CONF_DIR / group).glob("*.yaml")}
+    if group in REGISTRY_GROUPS:
+        names |= set(schema_nodes()[group])
+    return sorted(names)
 
 
-def _schema_fields(group: str, choice: str | None) -> set[str] | None:
-    nodes = SCHEMAS.get(group)
+def check_choice(group: str, value: str, where: str | None = None) -> None:
+    choices = group_choices(group)
+    if value not in choices:
+        raise HarnessError(f"unknown {where or group} {value!r}; choose one of: {', '.join(choices)}")
+
+
+def schema_fields(group: str, choice: str | None) -> set[str] | None:
+    nodes = schema_nodes().get(group)
     if not nodes:
         return None
     node = nodes.get(choice) or next(iter(nodes.values()))
@@ -38,15 +48,14 @@ def check_group_choices(argv: list[str]) -> None:
         if key in GROUPS:
             values = [v.strip() for v in value.split(",")] if value else [""]
             for v in values:
-                if v not in group_choices(key):
-                    raise HarnessError(f"unknown {key} {v!r}; choose one of: {', '.join(group_choices(key))}")
+                check_choice(key, v)
             chosen[key] = values
         elif "." in key and key.split(".", 1)[0] in GROUPS:
             keyed.append(tuple(key.split(".", 1)))
     for group, field in keyed:
         field = field.split(".", 1)[0]
         for choice in chosen.get(group, [None]):
-            fields = _schema_fields(group, choice)
+            fields = schema_fields(group, choice)
             if fields is not None and field not in fields:
                 raise HarnessError(
                     f"unknown option {group}.{field}"

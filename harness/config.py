@@ -30,46 +30,6 @@ class ModelConfig:
 
 
 @dataclass
-class MethodConfig:
-    name: str = "rtn"
-    bits: int = 4
-    group_size: int = 64  # -1 = per output channel
-    symmetric: bool = False
-    quantize_lm_head: bool = False
-
-
-@dataclass
-class AWQConfig(MethodConfig):
-    name: str = "awq"
-    n_grid: int = 20  # α grid for the scale search, and ratio grid for the clip search
-    duo_scaling: bool = False  # s = s_x^α / s_w^(1-α)
-    scale: bool = True
-    clip: bool = True
-    max_shrink: float = 0.5  # clip ratios tried: 1, 1 - 1/n_grid, ..., 1 - max_shrink
-    batch_size: int = 8  # calibration windows per forward pass
-
-
-@dataclass
-class GPTQConfig(MethodConfig):
-    name: str = "gptq"
-    # With 32 x 256-token calibration windows, the paper's damp 0.01 without act_order overfit the
-    # calibration text: worse than RTN on held-out German/Spanish/Portuguese/Russian (README, #4).
-    damp_percent: float = 0.1
-    block_size: int = 128
-    act_order: bool = True  # implies static groups (see methods/gptq.py)
-    batch_size: int = 8
-
-
-@dataclass
-class PeerAWQConfig(MethodConfig):
-    """AWQ of llm-compressor / GPTQModel (methods/peers/); peers' GPTQ uses GPTQConfig."""
-    name: str = "llmc_awq"
-    n_grid: int = 20  # llm-compressor's scale grid (GPTQModel uses its own)
-    duo_scaling: bool = True  # llm-compressor's default
-    batch_size: int = 8
-
-
-@dataclass
 class CalibConfig:
     name: str = "mixed"  # every shipped traffic kind in equal shares: what the eval suites serve
     path: Optional[str] = None  # calib=file: a local .txt or .jsonl
@@ -217,6 +177,9 @@ class HarnessConfig:
     reference: bool = True  # also report the FP reference rows (cached) next to a quantized method
     sanity: SanityConfig = field(default_factory=SanityConfig)
     experiment: Any = None  # a study preset (+experiment=salience|calib_matrix) fills this in
+    # several variants in one session: method names or presets, e.g. variants=[fp,rtn,awq,gptq]
+    # (method.* overrides apply to each); empty = the one variant `method` names
+    variants: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -237,21 +200,30 @@ class DecisionConfig:
     seed: int = 0
 
 
-SCHEMAS = {
-    "model": {"model": ModelConfig},
-    "method": {"fp": MethodConfig, "rtn": MethodConfig, "awq": AWQConfig, "awq_scale": AWQConfig,
-               "awq_clip": AWQConfig, "gptq": GPTQConfig,
-               "llmc_awq": PeerAWQConfig, "llmc_gptq": GPTQConfig, "gptqmodel_awq": PeerAWQConfig,
-               "gptqmodel_gptq": GPTQConfig},
-    "calib": {"calib": CalibConfig},
-    "eval": {"eval": EvalConfig},
-    "experiment": {"salience": SalienceConfig, "calib_matrix": CalibMatrixConfig},
-}
+def schema_nodes() -> dict[str, dict[str, object]]:
+    """Hydra's schema node per group and choice, derived from the registries (never a second list):
+    every registered method with its own config defaults, every calibration set, every study."""
+    import methods
+    from harness import calib
+
+    return {
+        "model": {"model": ModelConfig},
+        "method": {name: methods.entry(name).default_config() for name in methods.available()},
+        "calib": {name: CalibConfig(name=name) for name in calib.CHOICES},
+        "eval": {"eval": EvalConfig},
+        "experiment": {"salience": SalienceConfig, "calib_matrix": CalibMatrixConfig},
+    }
+
+
+# groups whose choices are the registries themselves: `method=awq` needs no preset file
+REGISTRY_GROUPS = ("method", "calib")
 
 
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="harness_schema", node=HarnessConfig)
-    for group, nodes in SCHEMAS.items():
+    for group, nodes in schema_nodes().items():
         for name, node in nodes.items():
             cs.store(group=f"schema/{group}", name=name, node=node)
+            if group in REGISTRY_GROUPS:
+                cs.store(group=group, name=name, node=node)

@@ -18,6 +18,7 @@ import pandas as pd
 
 from harness import results
 from harness.errors import HarnessError
+from methods.fp import FP
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
@@ -59,9 +60,13 @@ def _frame_for_parquet(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def files(store_dir, model: str | None = None, method: str | None = None) -> list[Path]:
+    """Store files, optionally of one model and one method (plus the FP reference it is compared to)."""
     root = Path(store_dir)
-    pattern = f"{_part(model) if model else '*'}/{_part(method) if method else '*'}/[!.]*.parquet"
-    return sorted(root.glob(pattern))
+    wanted = [None] if not method else list(dict.fromkeys([method, FP]))
+    found = []
+    for m in wanted:
+        found += root.glob(f"{_part(model) if model else '*'}/{_part(m) if m else '*'}/[!.]*.parquet")
+    return sorted(found)
 
 
 def completed(store_dir, config_hash: str) -> Path | None:
@@ -85,20 +90,6 @@ def load(store_dir, model: str | None = None, method: str | None = None, history
         what = " ".join(f"{k}={v}" for k, v in (("model", model), ("method", method)) if v)
         raise HarnessError(f"no runs in the results store {store_dir}{' for ' + what if what else ''}")
     return pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
-
-
-def done_before(cfg, mode) -> Path | None:
-    """In a multirun with ``resume`` on, the stored file of this exact config (then it is skipped)."""
-    from hydra.types import RunMode
-
-    from harness.run import config_hash
-
-    if mode != RunMode.MULTIRUN or not cfg.resume:
-        return None
-    found = completed(cfg.store_dir, config_hash(cfg))
-    if found is not None:
-        print(f"[harness] skip: config {config_hash(cfg)} already has complete rows in {found}")
-    return found
 
 
 REQUIRED = ["model", "method", "bits", "group_size", "suite", "task", "metric", "value"]

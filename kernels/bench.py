@@ -3,8 +3,8 @@
 For every M (tokens in flight) and every (K, N) of the chosen models' Linear layers it prints and
 writes (CSV under results/kernels/) the kernel's time, TFLOP/s, effective bandwidth (bytes the
 kernel must move: activations, packed weights, zeros, scales, output), the speedup over a dense
-fp16 ``x @ W.T`` and the kernel's error against the torch reference. ``--decode`` also measures
-greedy decode tokens/s of a real model in fp16 vs with W4 QuantLinear layers.
+fp16 ``x @ W.T`` and the kernel's error against the torch reference. Decode tokens/s of a whole
+model with these layers: ``python -m harness.bench_decode``.
 
 ``--smoke`` runs tiny shapes through the Triton interpreter on CPU: a correctness check of this
 script and the kernel, with no timing (CPU timings of the interpreter mean nothing).
@@ -93,60 +93,6 @@ def bench_shape(M: int, K: int, N: int, group_size: int, dtype, device: str, see
     return row
 
 
-@torch.no_grad()
-def decode_tokens_per_second(model, ids: torch.Tensor, new_tokens: int) -> float:
-    """Greedy decode with a KV cache; prompt prefill excluded from the timing."""
-    from transformers import DynamicCache
-
-    from harness.eval.generation import decode_kwargs
-
-    kwargs = decode_kwargs(model, DynamicCache(config=model.config))  # the cache fills in place
-
-    def step(x):
-        return model(input_ids=x, use_cache=True, **kwargs).logits[:, -1:].argmax(-1)
-
-    def sync():
-        if ids.is_cuda:
-            torch.cuda.synchronize()
-
-    nxt = step(ids)
-    for _ in range(2):  # untimed: the first M=1 steps autotune the kernel's decode bucket
-        nxt = step(nxt)
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(new_tokens):
-        nxt = step(nxt)
-    sync()
-    return new_tokens / (time.perf_counter() - t0)
-
-
-def bench_decode(group_size: int, new_tokens: int) -> list[dict]:
-    """The embedded default model in fp16 vs RTN-w4 QuantLinear layers (Triton kernel), batch 1."""
-    from types import SimpleNamespace
-
-    from hydra import compose, initialize_config_module
-
-    import methods
-    from harness.config import register_configs
-    from harness.models import load
-    from kernels.qlinear import replace_linears
-
-    register_configs()
-    with initialize_config_module(config_module="conf", version_base="1.3"):
-        model_cfg = compose("config").model  # the embedded default preset (conf/model/), not a copy of it
-    rows = []
-    model, tok = load(model_cfg)
-    ids = tok("The history of lighthouses begins", return_tensors="pt").input_ids.cuda()
-    model = model.half().cuda()
-    rows.append({"model": model_cfg.name, "weights": "fp16", "tokens_per_s": decode_tokens_per_second(model, ids, new_tokens)})
-    cfg = SimpleNamespace(bits=4, group_size=group_size, symmetric=False, quantize_lm_head=False)
-    result = methods.get("rtn").quantize(model.float().cpu(), None, cfg)
-    model = replace_linears(model, result.qweights).half().cuda()
-    rows.append({"model": model_cfg.name, "weights": f"w4 g{group_size} (Triton)",
-                 "tokens_per_s": decode_tokens_per_second(model, ids, new_tokens)})
-    return rows
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m kernels.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -155,8 +101,6 @@ def main(argv=None) -> int:
     ap.add_argument("--group-size", type=int, default=128)
     ap.add_argument("--dtype", choices=("float16", "bfloat16"), default="float16")
     ap.add_argument("--out", type=Path, default=OUT_DIR, help="folder for the CSV (default results/kernels)")
-    ap.add_argument("--decode", action="store_true", help="also measure decode tokens/s of the embedded model")
-    ap.add_argument("--decode-tokens", type=int, default=128)
     ap.add_argument("--smoke", action="store_true", help="tiny shapes through the Triton interpreter on CPU, no timing")
     args = ap.parse_args(argv)
     try:
@@ -204,12 +148,6 @@ def run(args) -> int:
     with pd.option_context("display.width", 200, "display.max_rows", 500, "display.float_format", "{:.4g}".format):
         print(df.drop(columns=["device"]).to_string(index=False))
     print(f"\ndevice: {gpu}; wrote {path}")
-    if args.decode and device == "cuda":
-        dec = pd.DataFrame(bench_decode(64, args.decode_tokens))
-        dec_path = args.out / f"decode_{stem}.csv"
-        dec.to_csv(dec_path, index=False)
-        print(dec.to_string(index=False))
-        print(f"wrote {dec_path}")
     return 0
 
 

@@ -17,6 +17,7 @@ model: scaling is exact, so they are the layer's FP outputs.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 import time
 
 import torch
@@ -25,10 +26,21 @@ from tqdm.auto import tqdm
 from methods.capture import InputStats, LayerwiseRunner, layer_linears
 from methods.mappings import ArchMapping, ScaleGroup, mapping_for
 from methods.quantizer import QuantSpec, fake_quantize
-from methods.registry import QuantResult, register
+from methods.registry import Method, MethodConfig, QuantResult, register
 from methods.targets import fake_quantize_linears, peak_rss_mb, prepare_targets
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class AWQConfig(MethodConfig):
+    name: str = "awq"
+    n_grid: int = 20  # α grid for the scale search, and ratio grid for the clip search
+    duo_scaling: bool = False  # s = s_x^α / s_w^(1-α)
+    scale: bool = True
+    clip: bool = True
+    max_shrink: float = 0.5  # clip ratios tried: 1, 1 - 1/n_grid, ..., 1 - max_shrink
+    batch_size: int = 8  # calibration windows per forward pass
 _CHUNK_ELEMENTS = 1 << 26  # bound the batched candidate tensors (~256 MB in fp32)
 
 
@@ -118,48 +130,30 @@ def can_fold(layer, group: ScaleGroup) -> bool:
     return all(prev.out_features == layer.get_submodule(n).in_features for n in group.linears)
 
 
-@register("awq")
-class AWQ:
-    default_scale, default_clip = True, True
-
+@register("awq", AWQConfig)
+@register("awq_scale", AWQConfig, clip=False)  # ablation: activation-aware scaling without the clip search
+@register("awq_clip", AWQConfig, scale=False)  # ablation: the clip search alone
+class AWQ(Method):
     @torch.no_grad()
     def quantize(self, model, calib, cfg) -> QuantResult:
         t0 = time.perf_counter()
-        do_scale = getattr(cfg, "scale", self.default_scale)
-        do_clip = getattr(cfg, "clip", self.default_clip)
         mapping = mapping_for(model)
         spec, targets = prepare_targets(model, cfg)
         if calib is None:
             raise ValueError(f"{self.name} needs calibration data")
-        runner = LayerwiseRunner(model, mapping, calib.input_ids, getattr(cfg, "batch_size", 8))
+        runner = LayerwiseRunner(model, mapping, calib.input_ids, cfg.batch_size)
         stats_out, qweights, skipped = [], {}, set()
         for i in tqdm(range(len(runner.layers)), desc=f"{self.name}: layers", unit="layer"):
             layer = runner.layers[i]
             linears = layer_linears(layer)
             stats = runner.collect_stats(i, linears, mapping, also_advance=True)
             layer_info = {"layer": f"{mapping.layers}.{i}"}
-            if do_scale:
-                for group in mapping.scale_groups:
-                    if not all(n in linears for n in group.linears):
-                        continue
-                    if not can_fold(layer, group):
-                        skipped.add(f"{group.prev}->{','.join(group.linears)}")
-                        continue
-                    W = torch.cat([linears[n].weight for n in group.linears])
-                    st = stats[group.linears[0]]
-                    scale, best, losses = search_scale(W, st, spec, cfg.n_grid, cfg.duo_scaling)
-                    fold_scale(layer, group, scale, mapping)
-                    st.gram.div_(scale.view(-1, 1) * scale.view(1, -1))  # inputs are now x / s
-                    st.abs_sum.div_(scale)
-                    layer_info[f"alpha[{group.prev}]"] = best / cfg.n_grid
-                    layer_info[f"loss_vs_rtn[{group.prev}]"] = float(losses[best] / losses[0].clamp_min(1e-30))
-            clips = {}
-            if do_clip:
-                for name, lin in linears.items():
-                    if name.split(".")[-1] not in mapping.no_clip:
-                        clips[name] = search_clip(lin.weight, stats[name], spec, cfg.max_shrink, cfg.n_grid)
-            full = {f"{mapping.layers}.{i}.{n}": lin for n, lin in linears.items()}
-            st, qw = fake_quantize_linears(full, spec, clips={f"{mapping.layers}.{i}.{n}": c for n, c in clips.items()})
+            if cfg.scale:
+                layer_info.update(scale_layer(layer, linears, stats, mapping, spec, cfg, skipped))
+            clips = clip_layer(linears, stats, mapping, spec, cfg) if cfg.clip else {}
+            prefix = f"{mapping.layers}.{i}."
+            full = {prefix + n: lin for n, lin in linears.items()}
+            st, qw = fake_quantize_linears(full, spec, clips={prefix + n: c for n, c in clips.items()})
             stats_out.append({**layer_info, "weight_mse": sum(s["weight_mse"] for s in st) / len(st)})
             qweights.update(qw)
         rest = {n: m for n, m in targets.items() if n not in qweights}
@@ -172,15 +166,28 @@ class AWQ:
         return QuantResult(self.name, time.perf_counter() - t0, peak_rss_mb(), stats_out, qweights)
 
 
-@register("awq_scale")
-class AWQScaleOnly(AWQ):
-    """Ablation: activation-aware scaling without the clipping search."""
+def scale_layer(layer, linears: dict, stats: dict, mapping: ArchMapping, spec: QuantSpec, cfg, skipped: set) -> dict:
+    """Search and fold the scale of every foldable group of one decoder layer; returns its evidence
+    (α and loss vs RTN per group)."""
+    info = {}
+    for group in mapping.scale_groups:
+        if not all(n in linears for n in group.linears):
+            continue
+        if not can_fold(layer, group):
+            skipped.add(f"{group.prev}->{','.join(group.linears)}")
+            continue
+        W = torch.cat([linears[n].weight for n in group.linears])
+        st = stats[group.linears[0]]
+        scale, best, losses = search_scale(W, st, spec, cfg.n_grid, cfg.duo_scaling)
+        fold_scale(layer, group, scale, mapping)
+        st.gram.div_(scale.view(-1, 1) * scale.view(1, -1))  # inputs are now x / s
+        st.abs_sum.div_(scale)
+        info[f"alpha[{group.prev}]"] = best / cfg.n_grid
+        info[f"loss_vs_rtn[{group.prev}]"] = float(losses[best] / losses[0].clamp_min(1e-30))
+    return info
 
-    default_clip = False
 
-
-@register("awq_clip")
-class AWQClipOnly(AWQ):
-    """Ablation: the clipping search alone (no scaling)."""
-
-    default_scale = False
+def clip_layer(linears: dict, stats: dict, mapping: ArchMapping, spec: QuantSpec, cfg) -> dict:
+    """The clip search for every Linear of one layer that the mapping allows to clip (not q/k)."""
+    return {name: search_clip(lin.weight, stats[name], spec, cfg.max_shrink, cfg.n_grid)
+            for name, lin in linears.items() if name.split(".")[-1] not in mapping.no_clip}

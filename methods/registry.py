@@ -1,15 +1,35 @@
-"""A tiny name-keyed registry of quantization methods."""
+"""The method registry: each method registers its class together with its config dataclass.
+
+The config dataclass is the single source of a method's defaults; the harness derives its Hydra
+schema nodes, the command line's valid choices and the one "unknown method" error from here.
+An ablation is a registration of the same class with other config defaults, not a subclass.
+"""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import torch
 
 
-class UnknownMethodError(KeyError):
+class MethodError(ValueError):
+    """A method cannot run as configured (the harness prints it as one line)."""
+
+
+class UnknownMethodError(MethodError, KeyError):
     def __str__(self) -> str:  # KeyError quotes its message; we want the plain sentence
         return self.args[0]
+
+
+@dataclass
+class MethodConfig:
+    """What every method shares: the weight format. RTN and FP use it as is."""
+    name: str = "rtn"
+    bits: int = 4
+    group_size: int = 64  # -1 = per output channel
+    symmetric: bool = False
+    quantize_lm_head: bool = False
 
 
 @dataclass
@@ -17,28 +37,53 @@ class QuantResult:
     method: str
     seconds: float = 0.0
     peak_memory_mb: float = 0.0
-    layers: list[dict[str, Any]] = field(default_factory=list)  # per-layer stats (scales, clip, error)
+    layers: list[dict[str, Any]] = field(default_factory=list)  # per-layer evidence (α, loss vs RTN, error)
     # integer codes + group params per quantized Linear (module name -> methods.quantizer.QuantizedWeight):
     # what kernels/export.py packs. The model itself holds the dequantized (fake-quant) weights.
     qweights: dict[str, Any] = field(default_factory=dict)
+    # result rows the method measured itself (suite, task, metric, value, stderr, n), next to the suites'
+    rows: list[dict[str, Any]] = field(default_factory=list)
 
 
-class Method(Protocol):
+class Method:
+    """Base of every method class: ``quantize`` modifies the model in place."""
+    name: str = ""
+
+    def check_installed(self) -> None:
+        """Raise MethodError when an optional package the method needs is missing (cheap, no import)."""
+
+    def quantize(self, model: torch.nn.Module, calib: Any, cfg: Any) -> QuantResult:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Entry:
     name: str
+    method: Method
+    config_type: type
+    defaults: dict = field(default_factory=dict)  # config fields this registration sets differently
+    calibrated: bool = True  # reads calibration windows (its config hash includes the calibration set)
+    reference: bool = False  # leaves the weights as they are: its rows are the FP reference
 
-    def quantize(self, model: torch.nn.Module, calib: Any, cfg: Any) -> QuantResult: ...
+    def default_config(self):
+        """The config instance with this registration's defaults (Hydra's schema node)."""
+        return self.config_type(name=self.name, **self.defaults)
+
+    def fields(self) -> set[str]:
+        return {f.name for f in dataclasses.fields(self.config_type)}
 
 
-_REGISTRY: dict[str, Method] = {}
+_REGISTRY: dict[str, Entry] = {}
 
 
-def register(name: str) -> Callable[[type], type]:
+def register(name: str, config_type: type = MethodConfig, *, calibrated: bool = True, reference: bool = False,
+             **defaults) -> Callable[[type], type]:
     def deco(cls: type) -> type:
         if name in _REGISTRY:
             raise ValueError(f"method {name!r} registered twice")
         obj = cls()
         obj.name = name
-        _REGISTRY[name] = obj
+        _REGISTRY[name] = Entry(name, obj, config_type, defaults, calibrated, reference)
         return cls
 
     return deco
@@ -48,8 +93,17 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get(name: str) -> Method:
+def entry(name: str) -> Entry:
     try:
         return _REGISTRY[name]
     except KeyError:
         raise UnknownMethodError(f"unknown method {name!r}; available: {', '.join(available())}") from None
+
+
+def get(name: str) -> Method:
+    return entry(name).method
+
+
+def unregister(name: str) -> None:
+    """Drop a registration (tests that add a throwaway method clean up with this)."""
+    _REGISTRY.pop(name, None)

@@ -9,6 +9,8 @@ precision, so the only difference between choices is which columns escape roundi
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -17,13 +19,17 @@ from methods.awq import proxy_loss
 from methods.capture import InputStats, LayerwiseRunner, layer_linears
 from methods.mappings import mapping_for
 from methods.quantizer import PER_CHANNEL, QuantSpec, fake_quantize
+from methods.registry import Method, MethodConfig, MethodError, QuantResult, register
+from methods.targets import peak_rss_mb, spec_from, target_linears
 
 SELECTORS = ("activation", "weight", "random")
+NO_SELECTOR = "none"  # keep no channel: plain RTN, the study's baseline
+ERROR_SUITE, ERROR_METRIC = "salience", "out_rel_mse"  # the row this method measures itself
 TOY_WEIGHTS = (0.20, 1.20)
 TOY_ACTIVATIONS = (20.0, 0.5)
 
 
-class SalienceError(ValueError):
+class SalienceError(MethodError):
     """A selector or fraction the study cannot use."""
 
 
@@ -140,3 +146,39 @@ def toy_two_channel(bits: int, symmetric: bool = False) -> list[dict]:
 
 def toy_contributions() -> tuple[float, ...]:
     return tuple(math.prod(p) for p in zip(TOY_WEIGHTS, TOY_ACTIVATIONS))
+
+
+@dataclass
+class SalienceConfig(MethodConfig):
+    """Keep ``fraction`` of every decoder Linear's input channels in full precision, chosen by
+    ``selector``; round the rest to nearest. ``selector=none`` keeps none (RTN)."""
+    name: str = "salience"
+    selector: str = "activation"
+    fraction: float = 0.01
+    seed: int = 0  # the random selector's draw
+    batch_size: int = 8  # calibration windows per forward pass
+
+
+@register("salience", SalienceConfig)
+class KeepSalient(Method):
+    """The salience study's variants as a method; it reports its own output-error row."""
+
+    def quantize(self, model, calib, cfg) -> QuantResult:
+        if cfg.quantize_lm_head:
+            raise SalienceError("salience covers the decoder Linears only; drop method.quantize_lm_head=true")
+        selector = None if cfg.selector == NO_SELECTOR else cfg.selector
+        if selector is not None:
+            check_choice(selector, cfg.fraction)
+        t0 = time.perf_counter()
+        stats = collect_input_stats(model, calib.input_ids, cfg.batch_size)
+        layers = protect_salient(target_linears(model), stats, spec_from(cfg), selector, cfg.fraction, seed=cfg.seed)
+        return QuantResult(self.name, time.perf_counter() - t0, peak_rss_mb(), layers, rows=[error_row(layers, calib)])
+
+
+def error_row(layers: list[dict], calib) -> dict:
+    """Mean relative output error over the Linears, with its standard error."""
+    errs = [x["rel_err"] for x in layers]
+    mean = sum(errs) / len(errs)
+    se = math.sqrt(sum((e - mean) ** 2 for e in errs) / (len(errs) - 1) / len(errs)) if len(errs) > 1 else math.nan
+    return {"suite": ERROR_SUITE, "task": f"calib:{calib.name}", "metric": ERROR_METRIC, "value": mean, "stderr": se,
+            "n": len(errs), "kept_channels": sum(x["kept"] for x in layers)}

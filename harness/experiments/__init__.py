@@ -1,6 +1,7 @@
-"""Studies that run many variants on one loaded model (``+experiment=<study>``), next to the
-single-config flow of harness.run. Each study module exposes ``run(cfg, out_dir) -> DataFrame``
-(rows in the tidy schema, tagged with an ``experiment`` column) and ``render_sections(df)``.
+"""Studies (``+experiment=<study>``): many variants on one loaded model, run by the same session as
+every other run (harness/session.py). Each study module exposes ``plan(cfg) ->
+list[harness.plan.Variant]`` (its variants, rows tagged with an ``experiment`` column) and ``render_sections(df) ->
+list[harness.blocks.Block]``; the decision report (harness.report) shows the same sections.
 """
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from harness import results
+from harness import blocks
+from harness.blocks import Block
 from harness.errors import HarnessError
 
 STUDIES = {
@@ -28,50 +30,55 @@ def selected(cfg) -> bool:
     return cfg.get("experiment") is not None
 
 
-def run(cfg, out_dir: Path):
-    return get(cfg.experiment.name).run(cfg, Path(out_dir))
+def select_eval_texts(cfg) -> None:
+    """``experiment.eval_texts`` names shipped texts (file stems); they become ``eval.texts``."""
+    from harness.data import EVAL_DIR, shipped_eval_texts
+
+    names = list(cfg.experiment.get("eval_texts") or [])
+    if not names:
+        return
+    shipped = {p.stem: p for p in shipped_eval_texts()}
+    unknown = [n for n in names if n not in shipped]
+    if unknown:
+        raise HarnessError(f"unknown eval text {unknown[0]!r} in experiment.eval_texts; shipped texts: "
+                           f"{', '.join(sorted(shipped))} (in {EVAL_DIR})")
+    cfg.eval.texts = [str(shipped[n]) for n in names]
 
 
-def section_blocks(df) -> list[tuple]:
-    """The study sections for whatever study rows ``df`` holds (none for plain runs), as blocks:
-    ``("h2" | "h3" | "p", text)`` or ``("table", DataFrame)``."""
+def plan(cfg) -> list:
+    """The study's variants (harness.plan.Variant), its eval texts selected; the session runs them."""
+    study = get(cfg.experiment.name)
+    select_eval_texts(cfg)
+    return study.plan(cfg)
+
+
+def section_blocks(df) -> list[Block]:
+    """The study sections for whatever study rows ``df`` holds (none for plain runs), as blocks."""
     if "experiment" not in df.columns:
         return []
-    blocks: list[tuple] = []
+    out: list[Block] = []
     for name in df["experiment"].dropna().drop_duplicates():
         if name in STUDIES:
-            blocks += get(name).render_sections(df)
-    return blocks
+            out += get(name).render_sections(df)
+    return out
 
 
-def report_blocks(rows) -> list:
-    """The same sections as harness.report Blocks (for ``harness.report.register_section``)."""
-    from harness.report import Block
-
-    return [Block(kind, table=payload) if kind == "table" else Block(kind, payload) for kind, payload in section_blocks(rows)]
-
-
-def to_markdown(blocks: list[tuple]) -> str:
-    out = []
-    for kind, payload in blocks:
-        if kind == "table":
-            out += [results.markdown_table(payload), ""]
-        else:
-            out += [("#" * int(kind[1]) + " " if kind[0] == "h" else "") + payload, ""]
-    return "\n".join(out)
+def study_blocks(df, title: str) -> list[Block]:
+    """A study's own report: title, model (and its notes), then its sections."""
+    models = ", ".join(sorted(df["model"].dropna().unique()))
+    notes = [f"> Note: {n}." for n in sorted(df["model_note"].dropna().unique()) if n]
+    return [blocks.h1(title), blocks.p("\n".join([f"Model: {models}", *notes]))] + section_blocks(df)
 
 
 def render(df, title: str) -> str:
-    models = ", ".join(sorted(df["model"].dropna().unique()))
-    notes = [f"> Note: {n}." for n in sorted(df["model_note"].dropna().unique()) if n]
-    return "\n".join([f"# {title}", "", f"Model: {models}", *notes, "", to_markdown(section_blocks(df))]).rstrip() + "\n"
+    return blocks.to_markdown(study_blocks(df, title), plots_dir=None)
 
 
 def write_outputs(df, cfg, out_dir: Path) -> None:
+    """A study's run directory, through the same writer as a plain run's (blocks.write_run)."""
     out_dir = Path(out_dir)
-    results.write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    results.write(df, out_dir)
-    report = render(df, title=f"Study {cfg.experiment.name}: run {out_dir.name}")
-    results.write_text(out_dir / "report.md", report)
-    print("\n" + report)
+    title = f"Study {cfg.experiment.name}: run {out_dir.name}"
+    report = study_blocks(df, title)
+    blocks.write_run(df, OmegaConf.to_yaml(cfg, resolve=True), out_dir, report, title)
+    print("\n" + blocks.to_markdown(report, plots_dir=None))
     print(f"[harness] wrote {out_dir}/results.csv, results.parquet, report.md")

@@ -7,24 +7,18 @@ relative output error of the Linears on the calibration inputs (suite ``salience
 """
 from __future__ import annotations
 
-import math
-import time
-from pathlib import Path
-
 import pandas as pd
-from tqdm.auto import tqdm
 
-from harness import calib as calib_mod
-from harness import results
+from harness import blocks, results
+from harness.blocks import Block
 from harness.errors import HarnessError
-from harness.experiments.session import Session, variant_hash
-from harness.run import method_spec
-from methods.salience import (SalienceError, check_choice, collect_input_stats, protect_salient, toy_contributions,
+from harness.plan import Variant, method_config
+from methods.fp import FP
+from methods.salience import (ERROR_SUITE, NO_SELECTOR, SalienceError, check_choice, toy_contributions,
                               toy_two_channel)
-from methods.targets import peak_rss_mb, target_linears
 
 STUDY = "salience"
-ERROR_SUITE, ERROR_METRIC = "salience", "out_rel_mse"  # suite of the output-error rows
+SPEC_FIELDS = ("bits", "group_size", "symmetric")
 
 
 def validate(cfg) -> None:
@@ -49,55 +43,30 @@ def label(selector: str | None, fraction: float | None) -> str:
     return "rtn" if selector is None else f"salience_{selector}_{fraction * 100:g}%"
 
 
-def run(cfg, out_dir: Path) -> pd.DataFrame:
+def variant(cfg, selector: str | None, fraction: float) -> Variant:
+    fields = {**{k: cfg.method[k] for k in SPEC_FIELDS}, "selector": selector or NO_SELECTOR, "fraction": fraction,
+              "seed": cfg.seed}
+    columns = {"experiment": STUDY, "method": label(selector, fraction), "keep_selector": selector or NO_SELECTOR,
+               "keep_fraction": fraction}
+    return Variant(method_config("salience", fields), cfg.calib, columns)
+
+
+def plan(cfg) -> list[Variant]:
+    """FP, then RTN (nothing kept), then every selector × fraction."""
     validate(cfg)
-    session = Session.open(cfg)
-    model, spec = session.model, method_spec(cfg.method, session.model)
-    calib = calib_mod.load(cfg.calib, session.tok)
-    t0 = time.perf_counter()
-    stats = collect_input_stats(model, calib.input_ids)
-    print(f"[harness] salience: calibration statistics of {len(stats)} Linears in {time.perf_counter() - t0:.1f}s")
-    linears = target_linears(model, include_lm_head=False)
-    energy: dict[str, float] = {}  # ‖XWᵀ‖² of the original weights, shared by every variant
-
-    base = {**session.common(Path(out_dir).name, STUDY), "calib": cfg.calib.name, "calib_samples": calib.n_samples,
-            "calib_seqlen": calib.seqlen, "symmetric": bool(cfg.method.symmetric)}
-    fp = {"method": "fp", "bits": 16, "group_size": -1, "quant_seconds": 0.0, "keep_selector": "all",
-          "keep_fraction": 1.0, "config_hash": variant_hash(cfg, {"method": "fp"})}
-    rows = [{**base, **r, **fp} for r in session.fp_rows]
-
-    variants = [(None, 0.0)] + [(s, f) for f in cfg.experiment.fractions for s in cfg.experiment.selectors]
-    for selector, fraction in tqdm(variants, desc="salience: variants", unit="variant"):
-        session.restore()
-        t1 = time.perf_counter()
-        try:
-            layers = protect_salient(linears, stats, spec, selector, fraction, seed=cfg.seed, energy=energy)
-        except SalienceError as e:
-            raise HarnessError(str(e)) from None
-        quant_seconds = time.perf_counter() - t1
-        errs = [x["rel_err"] for x in layers]
-        mean_err = sum(errs) / len(errs)
-        se = math.sqrt(sum((e - mean_err) ** 2 for e in errs) / (len(errs) - 1) / len(errs)) if len(errs) > 1 else math.nan
-        variant = {"method": label(selector, fraction), "bits": cfg.method.bits, "group_size": cfg.method.group_size,
-                   "quant_seconds": quant_seconds, "keep_selector": selector or "none", "keep_fraction": fraction,
-                   "kept_channels": sum(x["kept"] for x in layers),
-                   "config_hash": variant_hash(cfg, {"selector": selector, "fraction": fraction})}
-        rows.append({**base, **variant, "suite": ERROR_SUITE, "task": f"calib:{calib.name}", "metric": ERROR_METRIC,
-                     "value": mean_err, "stderr": se, "n": len(errs)})
-        rows += [{**base, **r, **variant} for r in session.evaluate()]
-    session.restore()
-    print(f"[harness] salience: {len(variants)} variants, peak RSS {peak_rss_mb():.0f} MB")
-    return results.to_frame(rows)
+    fp = Variant(method_config(FP), cfg.calib, {"experiment": STUDY, "keep_selector": "all", "keep_fraction": 1.0})
+    kept = [variant(cfg, s, f) for f in cfg.experiment.fractions for s in cfg.experiment.selectors]
+    return [fp, variant(cfg, None, 0.0), *kept]
 
 
-# ---- report: blocks are ("h2" | "h3" | "p", text) or ("table", DataFrame) -----------------------
+# ---- report ------------------------------------------------------------------------------------
 
 def _pct(f: float) -> str:
     return f"{float(f) * 100:g}%"
 
 
 def _selection_table(d: pd.DataFrame) -> pd.DataFrame:
-    kept = d[~d["keep_selector"].isin(["none", "all"])]
+    kept = d[~d["keep_selector"].isin([NO_SELECTOR, "all"])]
     fractions = sorted(kept["keep_fraction"].astype(float).unique())
     order = [s for s in ("activation", "weight", "random") if s in set(kept["keep_selector"])]
     lines = []
@@ -116,50 +85,64 @@ def _baseline(d: pd.DataFrame, selector: str) -> str:
     return results.fmt_value(r["value"].iloc[0], r["stderr"].iloc[0]) if len(r) else "—"
 
 
-def toy_blocks(bits: int, symmetric: bool) -> list[tuple]:
+def toy_blocks(bits: int, symmetric: bool) -> list[Block]:
     c0, c1 = toy_contributions()
     rows = toy_two_channel(bits, symmetric)
     table = pd.DataFrame([{"kept in FP": r["kept"], "quantized w": ", ".join(f"{v:.4f}" for v in r["w_q"]),
                            "y = w·x": f"{r['y_q']:.4f}", "|error|": f"{r['abs_err']:.4f}"} for r in rows])
-    return [("h3", "Toy: two input channels"),
-            ("p", f"w = (0.20, 1.20), x = (20, 0.5): channel 0 contributes {c0:.1f} to y = {c0 + c1:.1f}, "
-                  f"channel 1 only {c1:.1f}. Both weights form one group, quantized to {bits} bits "
-                  f"({'symmetric' if symmetric else 'asymmetric'}) by methods/quantizer.py; the kept channel is "
-                  f"restored to FP afterwards."),
-            ("table", table),
-            ("p", "The large weight sets the group's range and lands on the grid, so keeping it changes nothing; "
-                  "the small weight with the large activation carries the error.")]
+    return [blocks.h3("Toy: two input channels"),
+            blocks.p(f"w = (0.20, 1.20), x = (20, 0.5): channel 0 contributes {c0:.1f} to y = {c0 + c1:.1f}, "
+                     f"channel 1 only {c1:.1f}. Both weights form one group, quantized to {bits} bits "
+                     f"({'symmetric' if symmetric else 'asymmetric'}) by methods/quantizer.py; the kept channel is "
+                     f"restored to FP afterwards."),
+            blocks.table(table),
+            blocks.p("The large weight sets the group's range and lands on the grid, so keeping it changes nothing; "
+                     "the small weight with the large activation carries the error.")]
 
 
-def render_sections(df: pd.DataFrame) -> list[tuple]:
-    d = df[df["experiment"] == STUDY]
-    q = d[d["method"] != "fp"]
-    if q.empty:
-        return []
-    bits, group = int(q["bits"].iloc[0]), int(q["group_size"].iloc[0])
-    symmetric = bool(q["symmetric"].iloc[0]) if "symmetric" in q and pd.notna(q["symmetric"].iloc[0]) else False
-    blocks = [("h2", f"Salient channels kept in full precision (RTN w{bits} g{group} elsewhere)"),
-              ("p", "Every decoder Linear keeps the top fraction of its input channels, chosen by mean |x| on the "
+def _intro(q: pd.DataFrame, bits: int, group: int) -> list[Block]:
+    out = [blocks.h2(f"Salient channels kept in full precision (RTN w{bits} g{group} elsewhere)"),
+           blocks.p("Every decoder Linear keeps the top fraction of its input channels, chosen by mean |x| on the "
                     "calibration data (activation), by the L2 norm of the weight column (weight) or at random "
                     f"(seeded); calibration: {q['calib'].iloc[0]}, {int(q['calib_samples'].iloc[0])} × "
                     f"{int(q['calib_seqlen'].iloc[0])} tokens.")]
     err = q[q["suite"] == ERROR_SUITE]
-    kept = err[err["keep_selector"] != "none"]
+    kept = err[err["keep_selector"] != NO_SELECTOR]
     if not kept.empty:
         counts = kept.groupby(kept["keep_fraction"].astype(float))["kept_channels"].first()
-        blocks.append(("p", f"Channels kept over all {int(kept['n'].iloc[0])} Linears: " +
-                       ", ".join(f"{_pct(f)} → {int(c)}" for f, c in counts.items()) + "."))
+        out.append(blocks.p(f"Channels kept over all {int(kept['n'].iloc[0])} Linears: " +
+                            ", ".join(f"{_pct(f)} → {int(c)}" for f, c in counts.items()) + "."))
+    return out
+
+
+def _perplexity_tables(d: pd.DataFrame) -> list[Block]:
     ppl = d[d["metric"] == "ppl_token"]
+    out = []
     for task in ppl["task"].drop_duplicates():
         t = ppl[ppl["task"] == task]
         w = t.iloc[0]
-        blocks += [("h3", f"Token perplexity on {task} ({int(w['windows'])} windows of {int(w['seqlen'])} tokens; "
+        out += [blocks.h3(f"Token perplexity on {task} ({int(w['windows'])} windows of {int(w['seqlen'])} tokens; "
                           "lower is better)"),
-                   ("p", f"FP: {_baseline(t, 'all')} · RTN, nothing kept: {_baseline(t, 'none')}"),
-                   ("table", _selection_table(t))]
-    if not err.empty:
-        blocks += [("h3", "Relative output error of the Linears on the calibration inputs "
-                          "(‖X(W−Ŵ)ᵀ‖² / ‖XWᵀ‖², mean over Linears ± s.e.; lower is better)"),
-                   ("p", f"RTN, nothing kept: {_baseline(err, 'none')}"),
-                   ("table", _selection_table(err))]
-    return blocks + toy_blocks(bits, symmetric)
+                blocks.p(f"FP: {_baseline(t, 'all')} · RTN, nothing kept: {_baseline(t, NO_SELECTOR)}"),
+                blocks.table(_selection_table(t))]
+    return out
+
+
+def _error_table(q: pd.DataFrame) -> list[Block]:
+    err = q[q["suite"] == ERROR_SUITE]
+    if err.empty:
+        return []
+    return [blocks.h3("Relative output error of the Linears on the calibration inputs "
+                      "(‖X(W−Ŵ)ᵀ‖² / ‖XWᵀ‖², mean over Linears ± s.e.; lower is better)"),
+            blocks.p(f"RTN, nothing kept: {_baseline(err, NO_SELECTOR)}"),
+            blocks.table(_selection_table(err))]
+
+
+def render_sections(df: pd.DataFrame) -> list[Block]:
+    d = df[df["experiment"] == STUDY]
+    q = d[d["method"] != FP]
+    if q.empty:
+        return []
+    bits, group = int(q["bits"].iloc[0]), int(q["group_size"].iloc[0])
+    symmetric = bool(q["symmetric"].iloc[0]) if "symmetric" in q and pd.notna(q["symmetric"].iloc[0]) else False
+    return _intro(q, bits, group) + _perplexity_tables(d) + _error_table(q) + toy_blocks(bits, symmetric)

@@ -2,14 +2,24 @@
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from harness.errors import HarnessError
 from methods.quantizer import QuantizedWeight, QuantSpec, quantize
+from methods.registry import MethodConfig, MethodError
 
 EXTRA = "quant-harness[peers]"
+
+
+@dataclass
+class PeerAWQConfig(MethodConfig):
+    """AWQ of llm-compressor / GPTQModel; the peers' GPTQ uses methods.gptq.GPTQConfig."""
+    name: str = "llmc_awq"
+    n_grid: int = 20  # llm-compressor's scale grid (GPTQModel uses its own)
+    duo_scaling: bool = True  # llm-compressor's default
+    batch_size: int = 8
 
 
 def require(module: str, package: str, method: str) -> None:
@@ -19,7 +29,7 @@ def require(module: str, package: str, method: str) -> None:
     except (ImportError, ValueError):  # ValueError: sys.modules holds None for it
         found = False
     if not found:
-        raise HarnessError(f"method={method} needs the {package!r} package: pip install '{EXTRA}' (or pip install '{package}')")
+        raise MethodError(f"method={method} needs the {package!r} package: pip install '{EXTRA}' (or pip install '{package}')")
 
 
 def head_name(model: nn.Module) -> str | None:
@@ -43,3 +53,10 @@ def adopt(model: nn.Module, peer_state: dict[str, torch.Tensor], qweights: dict[
     for name, qw in qweights.items():
         lin = model.get_submodule(name)
         lin.weight.copy_(qw.dequantize().to(lin.weight.dtype))
+
+
+def calib_tokenizer(calib, method: str):
+    tok = calib.tokenizer
+    if tok is None:  # the windows are already tokens, but the tools insist on a tokenizer
+        raise ValueError(f"{method} needs the calibration set's tokenizer (harness.calib.load attaches it)")
+    return tok

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import torch
 
-from harness.errors import HarnessError
-from methods.peers.common import adopt, require
-from methods.peers.llmcompressor_adapter import _tokenizer
-from methods.registry import QuantResult, register
+from methods.gptq import GPTQConfig
+from methods.peers.common import PeerAWQConfig, adopt, calib_tokenizer, require
+from methods.registry import Method, MethodError, QuantResult, register
 from methods.targets import peak_rss_mb, prepare_targets
 
 PACKAGE = "gptqmodel>=7.6"
@@ -63,7 +62,7 @@ def unpack_checkpoint(directory: Path, names, awq: bool) -> dict:
     for name in names:
         t = {k: tensors[f"{name}.{k}"] for k in ("qweight", "qzeros", "scales", "g_idx") if f"{name}.{k}" in tensors}
         if "qweight" not in t:
-            raise HarnessError(f"GPTQModel's checkpoint has no packed weight for {name}")
+            raise MethodError(f"GPTQModel's checkpoint has no packed weight for {name}")
         if awq:
             out[name] = unpack_awq(t["qweight"], t["qzeros"], t["scales"], int(qc["group_size"]))
         else:
@@ -82,7 +81,7 @@ def _save_copy(model, directory: Path, dtype: torch.dtype | None) -> None:
         cfg_path.write_text(json.dumps(cfg, indent=2))
 
 
-class _GPTQModel:
+class _GPTQModel(Method):
     def check_installed(self) -> None:
         require("gptqmodel", PACKAGE, self.name)
 
@@ -96,7 +95,7 @@ class _GPTQModel:
         if calib is None:
             raise ValueError(f"{self.name} needs calibration data")
         if cfg.bits != 4 or cfg.group_size <= 0:
-            raise HarnessError(f"method={self.name} is compared at 4 bits with a group size (its packed layouts); "
+            raise MethodError(f"method={self.name} is compared at 4 bits with a group size (its packed layouts); "
                                f"got bits={cfg.bits} group_size={cfg.group_size}")
         # 7.7 wants at least 2 CPU workers (its model loader pool takes 2) but defaults to cores/2
         os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, ((os.cpu_count() or 1) + 1) // 2)))
@@ -108,7 +107,7 @@ class _GPTQModel:
         with tempfile.TemporaryDirectory(prefix="gptqmodel-") as tmp, _inside(Path(tmp)):
             src, dst = Path(tmp) / "src", Path(tmp) / "quantized"
             _save_copy(model, src, torch.float16 if self.awq else None)  # its CPU AWQ packs only fp16/bf16
-            _tokenizer(calib, self.name).save_pretrained(src)
+            calib_tokenizer(calib, self.name).save_pretrained(src)
             peer = GPTQModel.load(str(src), self.quantize_config(cfg), device="cpu")
             peer.quantize(rows, batch_size=cfg.batch_size)
             peer.save(str(dst))
@@ -118,7 +117,7 @@ class _GPTQModel:
         return QuantResult(self.name, time.perf_counter() - t0, peak_rss_mb(), [], qweights)
 
 
-@register("gptqmodel_awq")
+@register("gptqmodel_awq", PeerAWQConfig)
 class GPTQModelAWQ(_GPTQModel):
     awq = True
 
@@ -128,7 +127,7 @@ class GPTQModelAWQ(_GPTQModel):
         return QuantizeConfig(bits=cfg.bits, group_size=cfg.group_size, sym=cfg.symmetric, method="awq", format="gemm")
 
 
-@register("gptqmodel_gptq")
+@register("gptqmodel_gptq", GPTQConfig)
 class GPTQModelGPTQ(_GPTQModel):
     def quantize_config(self, cfg):
         from gptqmodel import QuantizeConfig

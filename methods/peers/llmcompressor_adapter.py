@@ -12,9 +12,10 @@ import time
 
 import torch
 
-from methods.peers.common import adopt, from_peer_params, head_name, require
+from methods.gptq import GPTQConfig
+from methods.peers.common import PeerAWQConfig, adopt, calib_tokenizer, from_peer_params, head_name, require
 from methods.quantizer import QuantSpec
-from methods.registry import QuantResult, register
+from methods.registry import Method, QuantResult, register
 from methods.targets import peak_rss_mb, prepare_targets
 
 PACKAGE = "llmcompressor>=0.14"
@@ -54,14 +55,7 @@ def _their_qweights(peer, names, spec: QuantSpec) -> dict:
     return out
 
 
-def _tokenizer(calib, method: str):
-    tok = getattr(calib, "tokenizer", None)
-    if tok is None:  # the windows are already tokens, but the tools insist on a tokenizer
-        raise ValueError(f"{method} needs the calibration set's tokenizer (harness.calib.load attaches it)")
-    return tok
-
-
-class _LLMCompressor:
+class _LLMCompressor(Method):
     def check_installed(self) -> None:
         require("llmcompressor", PACKAGE, self.name)
 
@@ -86,7 +80,7 @@ class _LLMCompressor:
             # it re-reads the config from name_or_path (a GGUF package dir or "" for our models)
             peer.config.save_pretrained(tmp)
             peer.config._name_or_path = tmp
-            oneshot(model=peer, tokenizer=_tokenizer(calib, self.name), dataset=data,
+            oneshot(model=peer, tokenizer=calib_tokenizer(calib, self.name), dataset=data,
                     recipe=self.recipe(cfg, quant, ignore), num_calibration_samples=len(ids),
                     max_seq_length=ids.shape[1], shuffle_calibration_samples=False, batch_size=cfg.batch_size)
         qweights = _their_qweights(peer, targets, spec)
@@ -95,7 +89,7 @@ class _LLMCompressor:
         return QuantResult(self.name, time.perf_counter() - t0, peak_rss_mb(), [], qweights)
 
 
-@register("llmc_awq")
+@register("llmc_awq", PeerAWQConfig)
 class LLMCompressorAWQ(_LLMCompressor):
     def recipe(self, cfg, quant, ignore):
         from llmcompressor.modifiers.quantization import QuantizationModifier
@@ -105,7 +99,7 @@ class LLMCompressorAWQ(_LLMCompressor):
                 QuantizationModifier(config_groups=quant, ignore=ignore)]
 
 
-@register("llmc_gptq")
+@register("llmc_gptq", GPTQConfig)
 class LLMCompressorGPTQ(_LLMCompressor):
     def recipe(self, cfg, quant, ignore):
         from llmcompressor.modifiers.gptq import GPTQModifier

@@ -30,10 +30,3 @@ def test_bad_group_size_is_refused(tmp_path, capsys):
 def test_kernel_bytes_counts_every_tensor_once():
     # M=1, K=N=128, g=64, fp16: x 256 B, qweight 8192 B, zeros 2*128/2 B, scales 2*128*2 B, y 256 B
     assert bench.kernel_bytes(1, 128, 128, 64, 2) == 256 + 8192 + 128 + 512 + 256
-
-
-def test_decode_timing_runs_a_real_cached_decode():
-    from tests.conftest import tiny_model
-
-    model = tiny_model("llama", seed=0)
-    assert bench.decode_tokens_per_second(model, torch.tensor([[1, 2, 3, 4]]), new_tokens=4) > 0

@@ -1,0 +1,103 @@
+"""Checks that turn a user's mistake into one line, as early as each can run: before the model
+loads when the config alone decides, right after loading when the model's shapes do."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import methods
+from harness import calib as calib_mod
+from harness import eval as suites
+from harness import models
+from harness.errors import HarnessError
+from harness.eval import perplexity
+from methods.quantizer import QuantSpec, QuantSpecError
+from methods.targets import check_group_size, spec_from, target_linears
+
+
+def method_entry(method_cfg):
+    try:
+        entry = methods.entry(method_cfg.name)
+        entry.method.check_installed()  # optional peers: a missing package fails before loading
+    except methods.MethodError as e:
+        raise HarnessError(str(e)) from None
+    return entry
+
+
+def check_method(method_cfg) -> None:
+    method_entry(method_cfg)
+    try:
+        spec_from(method_cfg)
+    except QuantSpecError as e:
+        raise HarnessError(f"method.{e}") from None
+
+
+def check_calib(calib_cfg) -> None:
+    if calib_cfg.name not in calib_mod.CHOICES:
+        raise HarnessError(f"unknown calibration set {calib_cfg.name!r}; choose one of: {', '.join(calib_mod.CHOICES)}")
+    if calib_cfg.name == "file" and calib_cfg.path and not Path(calib_cfg.path).expanduser().is_file():
+        raise HarnessError(f"calibration file not found: {calib_cfg.path}")
+
+
+def check_suites(cfg) -> None:
+    for s in cfg.eval.suites:
+        suites.check_installed(s)  # a missing data package fails before loading
+    for t in cfg.eval.texts:
+        perplexity.read_text(Path(t).expanduser())
+
+
+def validate_static(cfg, plan) -> None:
+    """Checks that need no model: fail before minutes of loading."""
+    models.resolve_device(cfg.model.device)
+    for v in plan:
+        check_method(v.method)
+        if methods.entry(v.method.name).calibrated:
+            check_calib(v.calib)
+    check_suites(cfg)
+    if cfg.export.dir:
+        if len(plan) != 1:
+            raise HarnessError("export.dir writes one checkpoint: run a single method, not a list of variants")
+        check_export(cfg.export, plan[0].method)
+
+
+def check_export(export_cfg, method_cfg) -> None:
+    """An AWQ-GEMM checkpoint holds 4-bit grouped asymmetric-format weights in a fresh directory."""
+    if methods.entry(method_cfg.name).reference:
+        raise HarnessError(f"export.dir needs a quantizing method (rtn, awq, gptq, ...), not method={method_cfg.name}")
+    if method_cfg.bits != 4 or method_cfg.group_size < 1:
+        raise HarnessError(f"export.dir writes 4-bit grouped AWQ-GEMM checkpoints; got method.bits={method_cfg.bits} "
+                           f"method.group_size={method_cfg.group_size} (use bits=4 and a positive group size)")
+    if method_cfg.quantize_lm_head:
+        raise HarnessError("export.dir does not support method.quantize_lm_head=true (serving stacks expect an FP head)")
+    out = Path(export_cfg.dir).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise HarnessError(f"export.dir={export_cfg.dir} already exists and is not an empty directory; "
+                           "choose a new path (nothing is overwritten)")
+
+
+def method_spec(method_cfg, model) -> QuantSpec:
+    """The method's spec, with its group size checked against the model's Linears before quantizing."""
+    try:
+        spec = spec_from(method_cfg)
+        check_group_size(target_linears(model, method_cfg.quantize_lm_head), spec)
+    except QuantSpecError as e:
+        raise HarnessError(f"method.{e}") from None
+    return spec
+
+
+def check_packable(model, method_cfg) -> None:
+    """AWQ-GEMM packs 8 output columns per int32: refuse before minutes of quantizing, not after."""
+    from kernels.pack import PACK
+
+    bad = [n for n, m in target_linears(model, method_cfg.quantize_lm_head).items() if m.out_features % PACK]
+    if bad:
+        raise HarnessError(f"export.dir: {bad[0]} has out_features={model.get_submodule(bad[0]).out_features}, "
+                           f"not a multiple of {PACK}; the AWQ-GEMM layout cannot hold it (drop export.dir)")
+
+
+def check_loaded(model, plan, export_cfg) -> None:
+    """Checks that need the model's shapes, right after it loads (before any suite or method runs)."""
+    for v in plan:
+        if not methods.entry(v.method.name).reference:
+            method_spec(v.method, model)
+    if export_cfg.dir:
+        check_packable(model, plan[0].method)

@@ -1,0 +1,28 @@
+"""The identity of a variant's numbers: a hash of everything that changes them."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+from omegaconf import OmegaConf
+
+import methods
+from harness import models
+
+# run-level settings that never change a number (where things are written, what is resumed, the plan)
+NOT_HASHED = ("cache_dir", "store_dir", "resume", "export", "variants")
+
+
+def config_hash(cfg) -> str:
+    """Hash of the composed config of one variant (``cfg.method`` and ``cfg.calib`` are the variant's)."""
+    d = OmegaConf.to_container(cfg, resolve=True)
+    for key in NOT_HASHED:
+        d.pop(key, None)
+    device = models.resolve_device(d.get("model", {}).pop("device", "auto"))
+    if device.type != "cpu":  # GPU kernels round differently; CPU runs keep the hashes they had before
+        d["model"]["device"] = device.type
+    name = d.get("method", {}).get("name")
+    if name in methods.available() and methods.entry(name).reference:
+        d["method"] = {"name": name}  # bits, groups, calibration do not touch the reference model
+        d.pop("calib", None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
