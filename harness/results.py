@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from methods.fp import FP
+
 COLUMNS = [
     "run_id", "started_at", "git_sha", "model", "method", "bits", "group_size", "calib", "calib_samples",
     "calib_seqlen", "suite", "task", "metric", "value", "stderr", "n", "quant_seconds", "eval_seconds",
@@ -169,7 +171,7 @@ def weight_bytes(row) -> float:
     total, quant = row.get("params_total"), row.get("params_quantized")
     if total is None or pd.isna(total):
         return float("nan")
-    if row["method"] == "fp" or quant is None or pd.isna(quant):
+    if row["method"] == FP or quant is None or pd.isna(quant):
         return float(total) * FP_STORAGE_BITS / 8
     bits = float(row["bits"])
     zero_bits = 0.0 if bool(row.get("symmetric")) else bits
@@ -177,16 +179,37 @@ def weight_bytes(row) -> float:
     return (float(quant) * bits + group_bits + (float(total) - float(quant)) * FP_STORAGE_BITS) / 8
 
 
-def read_runs(paths) -> pd.DataFrame:
-    """Concatenate results of runs: each path is a run directory, a results.csv, or a folder of runs."""
+def _result_files(paths) -> list[Path]:
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_file() and p.suffix in (".csv", ".parquet"):
             files.append(p)
         elif p.is_dir():
             files.extend(sorted(p.rglob("results.parquet")) or sorted(p.rglob("results.csv")))
-    frames = [_read_run_file(f) for f in files]
+    return files
+
+
+def read_runs(paths) -> pd.DataFrame:
+    """Concatenate results of runs: each path is a run directory, a results.csv, or a folder of runs."""
+    frames = [_read_run_file(f) for f in _result_files(paths)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
+
+
+LAYERS_FILE = "layers.parquet"  # per-layer evidence of a run, beside its results.parquet
+LAYER_KEY = ["method", "bits", "group_size", "calib", "config_hash", "layer"]  # then the method's stat columns
+
+
+def read_layers(paths) -> pd.DataFrame:
+    """The ``layers.parquet`` files beside the results that ``read_runs(paths)`` reads, concatenated
+    (an empty frame with LAYER_KEY columns when no run has one)."""
+    found = dict.fromkeys(f.parent / LAYERS_FILE for f in _result_files(paths))
+    frames = [pd.read_parquet(f) for f in found if f.is_file()]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=LAYER_KEY)
+
+
+def intish(v):
+    """``32.0`` → ``32`` (counts read back from a table as floats); anything else unchanged."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
 
 
 def fmt_value(value: float, stderr: float | None) -> str:
@@ -207,19 +230,18 @@ def markdown_table(df: pd.DataFrame) -> str:
 
 
 def variant_label(r) -> str:
-    if r["method"] == "fp":
-        return "fp"
-    sym = ""
-    return f"{r['method']} w{int(r['bits'])} g{int(r['group_size'])}{sym}"
+    if r["method"] == FP:
+        return FP
+    return f"{r['method']} w{int(r['bits'])} g{int(r['group_size'])}"
 
 
 def variant_order(d: pd.DataFrame) -> list[str]:
     """The ``variant`` values of ``d`` as reports list them: FP, then widest first; at one width the
     baseline RTN before the calibrated methods."""
-    q = d[d["method"] != "fp"]
+    q = d[d["method"] != FP]
     rank = {v: (-int(r["bits"]), r["method"] != "rtn", r["method"], int(r["group_size"]), v)
             for v, r in zip(q["variant"], q.to_dict("records"))}
-    return (["fp"] if (d["method"] == "fp").any() else []) + sorted(rank, key=rank.get)
+    return ([FP] if (d["method"] == FP).any() else []) + sorted(rank, key=rank.get)
 
 
 def comparison(df: pd.DataFrame, metric: str = "ppl_token") -> pd.DataFrame:
@@ -228,10 +250,9 @@ def comparison(df: pd.DataFrame, metric: str = "ppl_token") -> pd.DataFrame:
     if d.empty:
         return pd.DataFrame()
     d["variant"] = d.apply(variant_label, axis=1)
-    if "calib" in d and d["method"].ne("fp").any():
-        calibs = d.loc[d["method"] != "fp", "calib"].nunique()
-        if calibs > 1:
-            d.loc[d["method"] != "fp", "variant"] += " (" + d.loc[d["method"] != "fp", "calib"].astype(str) + ")"
+    quant = d["method"] != FP
+    if "calib" in d and quant.any() and d.loc[quant, "calib"].nunique() > 1:
+        d.loc[quant, "variant"] += " (" + d.loc[quant, "calib"].astype(str) + ")"
     d = d.drop_duplicates(subset=["model", "variant", "suite", "task"], keep="last")
     d["cell"] = [fmt_value(v, s) for v, s in zip(d["value"], d["stderr"])]
     order = variant_order(d)
