@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from harness import results  # noqa: E402
+from methods.fp import FP  # noqa: E402
 
 
 def _png(fig) -> bytes:
@@ -30,20 +31,20 @@ def _geomean(values) -> float:
 def perplexity_grid(d: pd.DataFrame, metric: str = "ppl_token") -> bytes | None:
     """Geometric-mean perplexity over tasks by bits, one panel per group size, one line per method."""
     p = d[d["metric"] == metric]
-    quant = p[p["method"] != "fp"]
+    quant = p[p["method"] != FP]
     if quant.empty:
         return None
     agg = quant.groupby(["method", "bits", "group_size"])["value"].apply(_geomean).reset_index()
     groups = sorted(agg["group_size"].unique(), key=lambda g: (g < 0, g))
     fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.4), sharey=True, squeeze=False)
-    fp = p[p["method"] == "fp"]
+    fp = p[p["method"] == FP]
     colors = {m: f"C{i}" for i, m in enumerate(sorted(agg["method"].unique()))}
     for ax, g in zip(axes[0], groups):
         for method, m in agg[agg["group_size"] == g].groupby("method"):
             m = m.sort_values("bits")
             ax.plot(m["bits"], m["value"], marker="o", label=method, color=colors[method])
         if len(fp):
-            ax.axhline(_geomean(fp["value"]), color="black", linestyle="--", linewidth=1, label="fp")
+            ax.axhline(_geomean(fp["value"]), color="black", linestyle="--", linewidth=1, label=FP)
         ax.set_title("per-channel" if g < 0 else f"group size {int(g)}")
         ax.set_xlabel("bits")
         ax.set_xticks(sorted(agg["bits"].unique()))
@@ -134,4 +135,23 @@ def study_bars(rows: pd.DataFrame) -> bytes | None:
         ax.set_xlabel("")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3, axis="y")
+    return _png(fig)
+
+
+def layer_stats(per_layer: pd.DataFrame, families: list[str]) -> bytes | None:
+    """Per-layer evidence: one panel per stat family (AWQ's α, loss vs RTN, GPTQ's loss, weight MSE),
+    x = layer index, one line per variant. ``per_layer``: variant, layer_index and one column per family."""
+    d = per_layer.dropna(subset=["layer_index"])
+    families = [f for f in families if d[f].notna().any()]
+    if d.empty or not families:
+        return None
+    fig, axes = plt.subplots(len(families), 1, figsize=(7.5, 2.4 * len(families)), sharex=True, squeeze=False)
+    for ax, fam in zip(axes[:, 0], families):
+        for variant, g in d.dropna(subset=[fam]).groupby("variant", sort=False):
+            g = g.sort_values("layer_index")
+            ax.plot(g["layer_index"], g[fam], marker=".", label=variant)
+        ax.set_ylabel(fam, fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[-1][0].set_xlabel("layer")
     return _png(fig)

@@ -22,20 +22,20 @@ KEY = ["model", "variant", "suite", "task", "metric"]
 
 
 def _table(df: pd.DataFrame) -> pd.DataFrame:
-    d = decide.label_variants(df)
-    return d.set_index(KEY)[["value", "stderr"]].astype(float)
+    """Value and stderr per (model, variant, suite, task, metric), read from the comparison frame."""
+    return decide.frame(df).set_index(KEY)[["value", "stderr"]].astype(float)
 
 
 def _verdict(metric: str, base: float, base_se: float, cur: float, cur_se: float, cfg: RegressConfig):
-    """(change text, tolerance text, status)."""
+    """(change text, tolerance text, status). The loss vs the baseline is decide.loss: relative for
+    lower-is-better metrics, absolute for scores."""
+    loss = decide.loss(metric, cur, base)
     if results.lower_is_better(metric):
-        rel = (cur - base) / abs(base) if base else (0.0 if cur == base else math.inf)
-        status = "REGRESSED" if rel > cfg.ppl_rel_tol else ("improved" if rel < -cfg.ppl_rel_tol else "ok")
-        return f"{rel * 100:+.2f}%", f"+{cfg.ppl_rel_tol * 100:.2f}%", status
+        status = "REGRESSED" if loss > cfg.ppl_rel_tol else ("improved" if loss < -cfg.ppl_rel_tol else "ok")
+        return f"{loss * 100:+.2f}%", f"+{cfg.ppl_rel_tol * 100:.2f}%", status
     se = math.hypot(0.0 if math.isnan(base_se) else base_se, 0.0 if math.isnan(cur_se) else cur_se)
     allowed = max(cfg.score_stderr_tol * se, 1e-9)
-    drop = base - cur
-    status = "REGRESSED" if drop > allowed else ("improved" if -drop > allowed else "ok")
+    status = "REGRESSED" if loss > allowed else ("improved" if -loss > allowed else "ok")
     return f"{cur - base:+.4f}", f"−{allowed:.4f} ({cfg.score_stderr_tol:g}·se)", status
 
 

@@ -1,186 +1,172 @@
 """Decision report: ``python -m harness.report [RUN_DIR ... | --store results/store [--model M]] --out DIR``.
 
 Writes ``DIR/report.md`` (figures beside it in ``DIR/plots/``) and one self-contained
-``DIR/report.html`` (figures embedded as base64 PNG). A report is a list of blocks (headings,
-paragraphs, tables, figures) rendered twice; study helpers add their own sections with
-``register_section(fn)``, where ``fn(rows) -> list[Block]`` returns [] when its rows are absent.
+``DIR/report.html`` (figures embedded as base64 PNG). A report is a list of blocks
+(harness.blocks: headings, paragraphs, tables, figures) rendered twice. Every section reads the
+one comparison frame (harness.decide.frame); studies add their own sections
+(harness.experiments.section_blocks), and further sections can be added with
+``register_section(fn)``, where ``fn(frame) -> list[Block]`` returns [] when its rows are absent.
+Run directories that hold ``layers.parquet`` add a per-layer evidence section.
 """
 from __future__ import annotations
 
 import argparse
-import base64
-import html
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import pandas as pd
 from omegaconf import OmegaConf
 
-from harness import decide, results, store
+from harness import blocks, decide, experiments, results, store
+from harness.blocks import Block
 from harness.config import DecisionConfig
 from harness.errors import HarnessError
+from methods.fp import FP
 
-
-@dataclass
-class Block:
-    kind: str  # "h2" | "h3" | "p" | "table" | "figure"
-    text: str = ""  # heading/paragraph text (**bold** allowed), or a figure's caption
-    table: pd.DataFrame | None = None
-    png: bytes | None = None
-    name: str = ""  # figure file stem
-
-
-SECTIONS: list[Callable[[pd.DataFrame], list[Block]]] = []
+SECTIONS: list[Callable[[pd.DataFrame], list[Block]]] = [experiments.section_blocks]
 
 
 def register_section(fn: Callable[[pd.DataFrame], list[Block]]) -> Callable:
-    """Add a section (e.g. a study's table) after the built-in ones; ``fn`` gets the labelled rows."""
+    """Add a section after the built-in ones; ``fn`` gets one model's comparison frame."""
     SECTIONS.append(fn)
     return fn
 
 
-def _study_sections(rows: pd.DataFrame) -> list[Block]:
-    from harness.experiments import report_blocks  # salience / calib_matrix tables (harness/experiments)
-
-    return report_blocks(rows)
-
-
-register_section(_study_sections)
-
-
 # ---------------------------------------------------------------- sections
 
-def _header(d: pd.DataFrame, runs: int) -> list[Block]:
-    shas = ", ".join(sorted(d["git_sha"].dropna().astype(str).unique())) if "git_sha" in d else "?"
-    calibs = sorted(d.loc[d["method"] != "fp", "calib"].dropna().astype(str).unique())
+def _header(f: pd.DataFrame, runs: int) -> list[Block]:
+    shas = ", ".join(sorted(f["git_sha"].dropna().astype(str).unique())) if "git_sha" in f else "?"
+    calibs = sorted(f.loc[f["method"] != FP, "calib"].dropna().astype(str).unique())
     out = [Block("p", f"{runs} run(s); git {shas}; calibration: {', '.join(calibs) or '—'}.")]
-    notes = sorted(n for n in d["model_note"].dropna().astype(str).unique() if n) if "model_note" in d else []
+    notes = sorted(n for n in f["model_note"].dropna().astype(str).unique() if n) if "model_note" in f else []
     out += [Block("p", f"Note: {n}.") for n in notes]
     return out
 
 
-def _recommendation(d: pd.DataFrame, cfg: DecisionConfig) -> list[Block]:
-    dec = decide.decide(d, cfg)
-    out = [Block("h2", "Recommendation")]
-    out.append(Block("p", f"**Overall: {dec.overall or 'none'}** — {dec.overall_why}."))
-    out.append(Block("p", f"Tolerance vs FP: perplexity-like metrics +{cfg.ppl_rel_tol:.0%} relative, scores "
-                          f"−{cfg.score_abs_tol:g} absolute (or not significantly different). Ties use "
-                          f"{cfg.confidence:.0%} bootstrap intervals of the difference ({cfg.n_boot} resamples, "
-                          f"seed {cfg.seed}); 'no significant difference' when the interval contains 0."))
+def _tolerance_note(cfg: DecisionConfig) -> Block:
+    return Block("p", f"Tolerance vs FP: perplexity-like metrics +{cfg.ppl_rel_tol:.0%} relative, scores "
+                      f"−{cfg.score_abs_tol:g} absolute (or not significantly different). Ties use "
+                      f"{cfg.confidence:.0%} bootstrap intervals of the difference ({cfg.n_boot} resamples, "
+                      f"seed {cfg.seed}); 'no significant difference' when the interval contains 0.")
+
+
+def _variants_table(table: pd.DataFrame) -> pd.DataFrame:
+    v = table.sort_values("bytes")
+    return pd.DataFrame({
+        "variant": v["variant"], "weights": v["bytes"].map(decide.mb),
+        "quant s": v["seconds"].map(lambda s: f"{s:.1f}"),
+        "within tolerance": [f"{int(w)}/{int(n)}" for w, n in zip(v["within"], v["tasks"])],
+        "worst vs FP": v["worst"].fillna("—")})
+
+
+def _recommendation(main: pd.DataFrame, cfg: DecisionConfig) -> list[Block]:
+    dec = decide.recommend(main, cfg)
+    out = [Block("h2", "Recommendation"), Block("p", f"**Overall: {dec.overall or 'none'}** — {dec.overall_why}."),
+           _tolerance_note(cfg)]
     if dec.tasks:
         t = pd.DataFrame([{"suite": p.suite, "task": p.task, "metric": p.metric, "recommended": p.variant,
                            "why": p.why} for p in dec.tasks])
         out += [Block("h3", "Per task"), Block("table", table=t)]
     if not dec.table.empty:
-        v = dec.table.sort_values("bytes")
-        out += [Block("h3", "Variants"), Block("table", table=pd.DataFrame({
-            "variant": v["variant"], "weights": v["bytes"].map(decide.mb),
-            "quant s": v["seconds"].map(lambda s: f"{s:.1f}"),
-            "within tolerance": [f"{int(w)}/{int(n)}" for w, n in zip(v["within"], v["tasks"])],
-            "worst vs FP": v["worst"].fillna("—")}))]
+        out += [Block("h3", "Variants"), Block("table", table=_variants_table(dec.table))]
     return out
 
 
-def _perplexity(d: pd.DataFrame, figures: bool) -> list[Block]:
+def _perplexity(main: pd.DataFrame, figures: bool) -> list[Block]:
+    out = []
+    for metric in sorted(m for m in main["metric"].unique() if results.is_perplexity(m)):
+        table = results.comparison(main, metric)
+        if not table.empty:
+            out += _perplexity_metric(main[main["metric"] == metric], metric, table, figures)
+    return out
+
+
+def _perplexity_metric(p: pd.DataFrame, metric: str, table: pd.DataFrame, figures: bool) -> list[Block]:
     from harness import plots  # matplotlib only when a report is built
 
-    out = []
-    for metric in sorted(m for m in d["metric"].unique() if results.is_perplexity(m)):
-        table = results.comparison(d, metric)
-        if table.empty:
-            continue
-        p = d[d["metric"] == metric]
-        seqlens = ", ".join(map(str, sorted(p["seqlen"].dropna().astype(int).unique()))) if "seqlen" in p else "?"
-        out += [Block("h2", f"Perplexity ({metric}, lower is better)"),
-                Block("p", f"Token-level perplexity over non-overlapping windows of {seqlens} tokens; "
-                           "± standard error over windows.")]
-        if figures:
-            png = plots.perplexity_grid(d, metric)
-            if png:
-                out.append(Block("figure", "Geometric mean over texts by method × bits × group size; "
-                                           "dashed: FP.", png=png, name=f"perplexity_{metric}"))
-        out.append(Block("table", table=table))
-        if {"windows", "tokens"} <= set(p.columns):
-            keys = (["suite"] if p["suite"].nunique() > 1 else []) + ["task"]
-            detail = p.drop_duplicates(subset=keys)[keys + ["windows", "tokens"]].copy()
-            detail[["windows", "tokens"]] = detail[["windows", "tokens"]].astype("Int64")
-            out += [Block("p", "Windows and scored tokens per text:"), Block("table", table=detail)]
+    seqlens = ", ".join(map(str, sorted(p["seqlen"].dropna().astype(int).unique()))) if "seqlen" in p else "?"
+    out = [Block("h2", f"Perplexity ({metric}, lower is better)"),
+           Block("p", f"Token-level perplexity over non-overlapping windows of {seqlens} tokens; "
+                      "± standard error over windows.")]
+    if figures:
+        png = plots.perplexity_grid(p, metric)
+        if png:
+            out.append(Block("figure", "Geometric mean over texts by method × bits × group size; "
+                                       "dashed: FP.", png=png, name=f"perplexity_{metric}"))
+    out.append(Block("table", table=table))
+    if {"windows", "tokens"} <= set(p.columns):
+        keys = (["suite"] if p["suite"].nunique() > 1 else []) + ["task"]
+        detail = p.drop_duplicates(subset=keys)[keys + ["windows", "tokens"]].copy()
+        detail[["windows", "tokens"]] = detail[["windows", "tokens"]].astype("Int64")
+        out += [Block("p", "Windows and scored tokens per text:"), Block("table", table=detail)]
     return out
 
 
-def _delta_cells(d: pd.DataFrame, cfg: DecisionConfig) -> pd.DataFrame:
-    fp = {tuple(r[k] for k in decide.TASK_KEY): r for _, r in d[d["method"] == "fp"].iterrows()}
-    keys = d[d["method"] != "fp"].groupby(decide.TASK_KEY).ngroups
-    cells = []
-    for _, r in d[d["method"] != "fp"].iterrows():
-        f = fp.get(tuple(r[k] for k in decide.TASK_KEY))
-        if f is None:
-            continue
-        low = results.lower_is_better(r["metric"])
-        loss = decide.loss_vs_fp(r, f)
-        column = f"{r['suite']}/{r['task']}" if keys <= 20 else f"{r['suite']}/{r['metric']}"
-        if keys <= 20 and d.loc[d["suite"] == r["suite"], "metric"].nunique() > 1:
-            column += f" {r['metric']}"
-        cells.append({"variant": r["variant"], "column": column, "low": low,
-                      "loss": loss / (cfg.ppl_rel_tol if low else cfg.score_abs_tol), "change": -loss})
-    c = pd.DataFrame(cells)
+def _delta_cells(main: pd.DataFrame) -> pd.DataFrame:
+    """variant × column (suite/task or suite/metric) with ``loss`` in tolerances and ``text``."""
+    quant = main[main["method"] != FP]
+    keys = quant.groupby(decide.TASK_KEY).ngroups
+    c = quant[quant["fp_value"].notna()].copy()
     if c.empty:
-        return c
-    c = c.groupby(["variant", "column"], as_index=False).agg(loss=("loss", "mean"), change=("change", "mean"),
+        return pd.DataFrame()
+    several = main.groupby("suite")["metric"].nunique()
+    if keys <= 20:
+        c["column"] = c["suite"] + "/" + c["task"] + [f" {m}" if several[s] > 1 else "" for s, m in
+                                                      zip(c["suite"], c["metric"])]
+    else:
+        c["column"] = c["suite"] + "/" + c["metric"]
+    c = c.assign(low=c["metric"].map(results.lower_is_better), change=-c["loss"])
+    c = c.groupby(["variant", "column"], as_index=False).agg(loss=("loss_tol", "mean"), change=("change", "mean"),
                                                             low=("low", "first"))
     c["text"] = [f"{-ch * 100:+.1f}%" if low else f"{ch:+.3f}" for ch, low in zip(c["change"], c["low"])]
     return c
 
 
-def _deltas(d: pd.DataFrame, cfg: DecisionConfig, figures: bool) -> list[Block]:
+def _deltas(main: pd.DataFrame, figures: bool) -> list[Block]:
     from harness import plots  # matplotlib only when a report is built
 
-    out = []
-    scores = sorted(m for m in d["metric"].unique() if not results.is_perplexity(m))
-    cells = _delta_cells(d, cfg)
+    scores = sorted(m for m in main["metric"].unique() if not results.is_perplexity(m))
+    cells = _delta_cells(main)
     if not scores and (cells.empty or not figures):
-        return out
-    out.append(Block("h2", "Scores vs FP per suite"))
+        return []
+    out = [Block("h2", "Scores vs FP per suite")]
     if figures and not cells.empty:
         out.append(Block("figure", "Change vs FP: perplexity-like metrics in % (positive = worse), scores as "
                                    "absolute differences (negative = worse). Colour: loss in units of the "
-                                   "tolerance, green better than FP.", png=plots.delta_heatmap(cells, results.variant_order(d)),
-                         name="deltas_heatmap"))
+                                   "tolerance, green better than FP.",
+                         png=plots.delta_heatmap(cells, results.variant_order(main)), name="deltas_heatmap"))
     for metric in scores:
-        table = results.comparison(d, metric)
+        table = results.comparison(main, metric)
         if not table.empty:
             direction = "lower" if results.lower_is_better(metric) else "higher"
             out += [Block("h3", f"{metric} ({direction} is better)"), Block("table", table=table)]
     return out
 
 
-def _quality_points(d: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+def _quality_points(main: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """One point per variant: mean ppl change vs FP in % when perplexity rows exist, else the mean
     score change vs FP."""
-    ppl = d[d["metric"].map(results.is_perplexity)]
+    ppl = main[main["metric"].map(results.is_perplexity)]
     use, label = (ppl, "perplexity vs FP (%, mean over texts; lower is better)") if len(ppl) else (
-        d, "score vs FP (mean absolute change; higher is better)")
-    fp = use[use["method"] == "fp"].set_index(decide.TASK_KEY)["value"]
+        main, "score vs FP (mean absolute change; higher is better)")
     pts = []
     for variant, g in use.groupby("variant"):
-        g = g.set_index(decide.TASK_KEY)
-        common = g.index.intersection(fp.index)
-        if not len(common):
+        common = g[g["fp_value"].notna()]
+        if common.empty:
             continue
-        change = (g.loc[common, "value"] / fp.loc[common] - 1) * 100 if len(ppl) else g.loc[common, "value"] - fp.loc[common]
+        change = (common["value"] / common["fp_value"] - 1) * 100 if len(ppl) else common["value"] - common["fp_value"]
         first = g.iloc[0]
         pts.append({"variant": variant, "method": first["method"], "quality": float(change.mean()),
-                    "quant_seconds": decide._num(first.get("quant_seconds")), "weight_mb": first["weight_bytes"] / 1e6})
+                    "quant_seconds": first["quant_seconds"], "weight_mb": first["weight_bytes"] / 1e6})
     return pd.DataFrame(pts), label
 
 
-def _tradeoffs(d: pd.DataFrame, figures: bool) -> list[Block]:
+def _tradeoffs(main: pd.DataFrame, figures: bool) -> list[Block]:
     from harness import plots  # matplotlib only when a report is built
 
-    pts, label = _quality_points(d)
+    pts, label = _quality_points(main)
     if pts.empty or not figures:
         return []
     out = [Block("h2", "Quality vs cost")]
@@ -193,24 +179,29 @@ def _tradeoffs(d: pd.DataFrame, figures: bool) -> list[Block]:
     return out
 
 
-def _calibration_matrix(d: pd.DataFrame, figures: bool) -> list[Block]:
+def _calibration_table(g: pd.DataFrame) -> pd.DataFrame:
+    """Calibration set (rows) × task metric (columns): change vs FP, % or points ×100."""
+    low = g["metric"].map(results.lower_is_better)
+    change = ((g["value"] / g["fp_value"] - 1) * 100).where(low, (g["value"] - g["fp_value"]) * 100)
+    g = g.assign(col=g["task"] + " " + g["metric"], change=change)
+    return g.pivot_table(index="row", columns="col", values="change", aggfunc="last")
+
+
+def _calibration_matrix(main: pd.DataFrame, figures: bool) -> list[Block]:
+    """Per method and format run on several calibration sets or sizes: the change vs FP per
+    calibration (rows) and task (columns)."""
     from harness import plots  # matplotlib only when a report is built
 
-    quant = d[d["method"] != "fp"]
-    fp = d[d["method"] == "fp"].set_index(decide.TASK_KEY)["value"]
+    if not (main["method"] == FP).any():
+        return []
     out = []
-    for (method, bits, group), g in quant.groupby(["method", "bits", "group_size"]):
-        calib = g["calib"].astype(str) + g["calib_samples"].map(lambda n: f" n={decide._intish(n)}")
-        if calib.nunique() < 2 or fp.empty:
+    for (method, bits, group), g in main[main["method"] != FP].groupby(["method", "bits", "group_size"]):
+        g = g.assign(row=g["calib"].astype(str) + g["calib_samples"].map(lambda n: f" n={results.intish(n)}"))
+        if g["row"].nunique() < 2:
             continue
-        g = g.assign(row=calib, col=g["task"] + " " + g["metric"])
-        ref = fp.reindex(pd.MultiIndex.from_frame(g[decide.TASK_KEY])).to_numpy()
-        low = g["metric"].map(results.lower_is_better).to_numpy()
-        g["change"] = [(v / f - 1) * 100 if lo else (v - f) * 100 for v, f, lo in zip(g["value"], ref, low)]
-        table = g.pivot_table(index="row", columns="col", values="change", aggfunc="last")
+        table = _calibration_table(g)
         name = f"{method} w{int(bits)} g{int(group)}"
-        if not out:
-            out.append(Block("h2", "Calibration matrix"))
+        out += [Block("h2", "Calibration matrix")] if not out else []
         out.append(Block("p", f"{name}: change vs FP per calibration set (rows) and task (columns); "
                               "% for perplexity-like metrics (positive = worse), points ×100 for scores."))
         if figures:
@@ -221,124 +212,159 @@ def _calibration_matrix(d: pd.DataFrame, figures: bool) -> list[Block]:
     return out
 
 
-def _studies(d: pd.DataFrame, figures: bool) -> list[Block]:
+def _studies(f: pd.DataFrame, figures: bool) -> list[Block]:
     from harness import plots  # matplotlib only when a report is built
 
-    s = d[decide.is_study(d)]
     out = []
-    for suite, g in s.groupby("suite"):
+    for suite, g in f[f["study"]].groupby("suite"):
         out.append(Block("h2", f"Study: {suite}"))
         if figures:
             out.append(Block("figure", f"{suite} rows by task and variant (± stderr).", png=plots.study_bars(g),
                              name=f"study_{suite}"))
-        cols = [c for c in ("variant", "task", "metric", "value", "stderr", "n") if c in g]
-        t = g[cols].copy()
+        t = g[[c for c in ("variant", "task", "metric", "value", "stderr", "n") if c in g]].copy()
         t["value"] = [results.fmt_value(v, None) for v in t["value"]]
         t["stderr"] = [results.fmt_value(v, None) for v in t["stderr"]]
         out.append(Block("table", table=t))
     return out
 
 
-def _provenance(d: pd.DataFrame) -> list[Block]:
-    cols = [c for c in ("run_id", "variant", "calib", "calib_samples", "config_hash", "git_sha", "started_at") if c in d]
-    t = d.drop_duplicates(subset=["config_hash", "variant"])[cols]
+def _provenance(f: pd.DataFrame) -> list[Block]:
+    cols = [c for c in ("run_id", "variant", "calib", "calib_samples", "config_hash", "git_sha", "started_at") if c in f]
+    t = f.drop_duplicates(subset=["config_hash", "variant"])[cols]
     return [Block("h2", "Runs"), Block("table", table=t.sort_values(cols[:2]))]
 
 
+# ---------------------------------------------------------------- per-layer evidence (layers.parquet)
+
+def _stat_families(layers: pd.DataFrame) -> dict[str, list[str]]:
+    """The method's numeric stat columns grouped by name before ``[``: ``alpha[input_layernorm]``
+    and ``alpha[v_proj]`` are one family ``alpha``."""
+    families: dict[str, list[str]] = {}
+    for c in layers.columns:
+        if c in results.LAYER_KEY or layers[c].dtype == bool or not pd.api.types.is_numeric_dtype(layers[c]):
+            continue
+        families.setdefault(str(c).split("[", 1)[0], []).append(c)
+    return families
+
+
+def _layer_variants(layers: pd.DataFrame, f: pd.DataFrame | None) -> pd.Series:
+    """The report's variant name of every layer row (by config hash and method), else its own label."""
+    names = {}
+    if f is not None and not f.empty:
+        names = {(h, m): v for h, m, v in zip(f["config_hash"], f["method"], f["variant"])}
+    own = layers.apply(results.variant_label, axis=1)
+    if layers["calib"].nunique() > 1:
+        own += " " + layers["calib"].astype(str)
+    return pd.Series([names.get((h, m), o) for h, m, o in zip(layers["config_hash"], layers["method"], own)],
+                     index=layers.index)
+
+
+def _layer_index(layer: pd.Series) -> pd.Series:
+    """A number per layer for sorting and plotting: the value itself, or the last integer in a name."""
+    num = pd.to_numeric(layer, errors="coerce")
+    digits = layer.astype(str).map(lambda s: (re.findall(r"\d+", s) or [None])[-1])
+    return num.fillna(pd.to_numeric(digits, errors="coerce"))
+
+
+def per_layer(layers: pd.DataFrame, f: pd.DataFrame | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """(one row per variant × layer with ``layer_index`` and the mean of each stat family, the
+    families). Rows of one layer (e.g. RTN's per-Linear rows) and the columns of one family (AWQ's
+    per-scale-group α) are averaged."""
+    families = _stat_families(layers)
+    d = layers.assign(variant=_layer_variants(layers, f), layer_index=_layer_index(layers["layer"]))
+    for fam, cols in families.items():
+        d[f"_{fam}"] = d[cols].astype(float).mean(axis=1)
+    out = d.groupby(["variant", "layer", "layer_index"], dropna=False, sort=False)[[f"_{x}" for x in families]].mean()
+    out = out.rename(columns=lambda c: c[1:]).reset_index()
+    return out.sort_values(["variant", "layer_index"], kind="stable").reset_index(drop=True), list(families)
+
+
+def _summary_cell(g: pd.DataFrame, fam: str) -> str:
+    v = g[fam].dropna()
+    if v.empty:
+        return "—"
+    top = g.loc[v.idxmax(), "layer"]
+    return f"{v.mean():.3g} ({v.min():.3g} … {v.max():.3g}, max at layer {top})"
+
+
+def layer_summary(pl: pd.DataFrame, families: list[str]) -> pd.DataFrame:
+    """One row per variant: layers, then per stat family the mean over layers (min … max)."""
+    rows = [{"variant": v, "layers": len(g), **{fam: _summary_cell(g, fam) for fam in families}}
+            for v, g in pl.groupby("variant", sort=False)]
+    return pd.DataFrame(rows, columns=["variant", "layers", *families])
+
+
+def layer_blocks(layers: pd.DataFrame, f: pd.DataFrame | None = None, figures: bool = False) -> list[Block]:
+    """"Per-layer evidence" from ``layers.parquet`` rows (results.LAYER_KEY + the method's stat
+    columns): a summary per variant and, with ``figures``, each stat per layer index. ``f``
+    (the comparison frame) names the variants as the rest of the report does. [] without rows."""
+    if layers is None or layers.empty:
+        return []
+    pl, families = per_layer(layers, f)
+    if not families:
+        return []
+    out = [Block("h2", "Per-layer evidence"),
+           Block("p", "From layers.parquet in the run directories: the statistics each method reports per "
+                      "quantized layer (AWQ: α and loss vs RTN per scale group, averaged per layer; GPTQ: "
+                      "gptq_loss; RTN: weight_mse per Linear, averaged per layer). Each cell: mean over "
+                      "layers (lowest … highest)."),
+           Block("table", table=layer_summary(pl, families))]
+    if figures:
+        from harness import plots  # matplotlib only when a report is built
+
+        png = plots.layer_stats(pl, families)
+        if png:
+            out.append(Block("figure", "Per-layer statistics by layer index, one line per variant.", png=png,
+                             name="layer_stats"))
+    return out
+
+
+# ---------------------------------------------------------------- the report
+
+def _model_blocks(f: pd.DataFrame, runs: int, cfg: DecisionConfig, figures: bool, layers: pd.DataFrame | None) -> list[Block]:
+    out = _header(f, runs)
+    main = f[~f["study"]]
+    if not main.empty:
+        out += _recommendation(main, cfg)
+        out += _perplexity(main, figures)
+        out += _deltas(main, figures)
+        out += _tradeoffs(main, figures)
+        out += _calibration_matrix(main, figures)
+    if layers is not None and not layers.empty:
+        out += layer_blocks(layers[layers["config_hash"].isin(f["config_hash"])], f, figures)
+    out += _studies(f, figures)
+    for section in SECTIONS:
+        out += section(f)
+    return out + _provenance(f)
+
+
 def build(df: pd.DataFrame, title: str = "quant-harness decision report", figures: bool = True,
-          cfg: DecisionConfig | None = None) -> list[Block]:
+          cfg: DecisionConfig | None = None, layers: pd.DataFrame | None = None) -> list[Block]:
+    """The report's blocks: per model, the sections above, all read from one comparison frame.
+    ``layers``: per-layer rows (results.read_layers) for the per-layer evidence section."""
     cfg = cfg or DecisionConfig()
-    blocks = [Block("h1", title)]
+    out = [Block("h1", title)]
     for model, rows in df.groupby("model", sort=True):
-        d = decide.label_variants(rows)
-        d["weight_bytes"] = d.apply(results.weight_bytes, axis=1)
-        blocks.append(Block("h2" if df["model"].nunique() == 1 else "h1", f"Model: {model}"))
-        blocks += _header(d, rows["config_hash"].nunique())
-        main = d[~decide.is_study(d)]
-        if not main.empty:
-            blocks += _recommendation(main, cfg)
-            blocks += _perplexity(main, figures)
-            blocks += _deltas(main, cfg, figures)
-            blocks += _tradeoffs(main, figures)
-            blocks += _calibration_matrix(main, figures)
-        blocks += _studies(d, figures)
-        for section in SECTIONS:
-            blocks += section(d)
-        blocks += _provenance(d)
-    return blocks
+        out.append(Block("h2" if df["model"].nunique() == 1 else "h1", f"Model: {model}"))
+        out += _model_blocks(decide.frame(rows, cfg), rows["config_hash"].nunique(), cfg, figures, layers)
+    return out
 
 
-# ---------------------------------------------------------------- rendering
-
-def _missing(v) -> bool:
-    return v is None or (isinstance(v, float) and v != v)
-
-
-def to_markdown(blocks: list[Block], plots_dir: str | None = "plots") -> str:
-    out = []
-    for b in blocks:
-        if b.kind in ("h1", "h2", "h3"):
-            out += ["#" * int(b.kind[1]) + " " + b.text, ""]
-        elif b.kind == "p":
-            out += [b.text, ""]
-        elif b.kind == "table":
-            cells = b.table.map(lambda v: "—" if _missing(v) else str(v).replace("|", "\\|"))
-            out += [results.markdown_table(cells), ""]
-        elif b.kind == "figure" and b.png and plots_dir is not None:
-            out += [f"![{b.text}]({plots_dir}/{b.name}.png)", "", f"*{b.text}*", ""]
-    return "\n".join(out).rstrip() + "\n"
-
-
-_CSS = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1180px;margin:24px auto;padding:0 16px;
-color:#1d232a;line-height:1.45}h1{border-bottom:2px solid #dde3ea;padding-bottom:6px}h2{margin-top:34px;
-border-bottom:1px solid #e6ebf0;padding-bottom:4px}table{border-collapse:collapse;margin:10px 0 18px;font-size:13px;
-display:block;overflow-x:auto}th,td{border:1px solid #dde3ea;padding:4px 8px;text-align:left;vertical-align:top}
-th{background:#f3f6f9}tr:nth-child(even) td{background:#fafbfc}figure{margin:12px 0 22px}img{max-width:100%;
-border:1px solid #eef1f4}figcaption{font-size:13px;color:#55606b}p strong{color:#0b5d1e}"""
-
-
-def _inline(text: str) -> str:
-    return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(text))
-
-
-def to_html(blocks: list[Block], title: str) -> str:
-    body = []
-    for b in blocks:
-        if b.kind in ("h1", "h2", "h3"):
-            body.append(f"<{b.kind}>{html.escape(b.text)}</{b.kind}>")
-        elif b.kind == "p":
-            body.append(f"<p>{_inline(b.text)}</p>")
-        elif b.kind == "table":
-            body.append(b.table.to_html(index=False, border=0, na_rep="—", escape=True))
-        elif b.kind == "figure" and b.png:
-            data = base64.b64encode(b.png).decode()
-            body.append(f'<figure><img alt="{html.escape(b.text)}" src="data:image/png;base64,{data}">'
-                        f"<figcaption>{html.escape(b.text)}</figcaption></figure>")
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
-
-
-def write(blocks: list[Block], out_dir: Path, title: str) -> None:
-    out_dir = Path(out_dir)
-    for b in blocks:
-        if b.kind == "figure" and b.png:
-            results.atomic_write(out_dir / "plots" / f"{b.name}.png", lambda tmp, png=b.png: Path(tmp).write_bytes(png))
-    results.write_text(out_dir / "report.md", to_markdown(blocks))
-    results.write_text(out_dir / "report.html", to_html(blocks, title))
-
-
-def render(df: pd.DataFrame, title: str = "quant-harness report") -> str:
+def render(df: pd.DataFrame, title: str = "quant-harness report", layers: pd.DataFrame | None = None) -> str:
     """The Markdown report without figures (what each run directory gets)."""
-    return to_markdown(build(df, title, figures=False), plots_dir=None)
+    return blocks.to_markdown(build(df, title, figures=False, layers=layers), plots_dir=None)
 
 
 def write_run_outputs(df, cfg, out_dir: Path) -> None:
+    """A plain run's directory (through blocks.write_run, as a study's), then the store."""
     out_dir = Path(out_dir)
-    results.write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    results.write(df, out_dir)
-    table = results.comparison(df)
-    results.write_text(out_dir / "report.md", render(df, title=f"Run {out_dir.name}"))
+    title = f"Run {out_dir.name}"
+    layers_file = out_dir / results.LAYERS_FILE  # written beside the results by the run, when it has any
+    layers = pd.read_parquet(layers_file) if layers_file.is_file() else None
+    blocks.write_run(df, OmegaConf.to_yaml(cfg, resolve=True), out_dir,
+                     build(df, title, figures=False, layers=layers), title)
     stored = store.append(df, cfg.store_dir, cfg.method.name)  # last: its presence marks the run complete
+    table = results.comparison(df)
     print()
     print(results.markdown_table(table) if not table.empty else "(no perplexity rows)")
     print(f"\n[harness] wrote {out_dir}/results.csv, results.parquet, report.md; stored {stored}")
@@ -378,15 +404,17 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         df = load_rows(args.runs, args.store, args.model, args.method)
-        blocks = build(df, args.title, figures=bool(args.out))
-        print(to_markdown(blocks, plots_dir=None))
+        layers = results.read_layers(args.runs) if args.runs else None
+        report = build(df, args.title, figures=bool(args.out), layers=layers)
+        print(blocks.to_markdown(report, plots_dir=None))
         if args.out:
-            write(blocks, Path(args.out), args.title)
+            blocks.write(report, Path(args.out), args.title)
             print(f"[harness.report] wrote {args.out}/report.md, report.html")
     except HarnessError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -66,9 +66,9 @@ def test_salience_study_ranks_activation_over_weight_over_random(planted_llama_d
                    "| activation |", "Toy: two input channels", "channel 0 contributes 4.0", "only 0.6"):
         assert needle in text
     # the decision report (python -m harness.report) carries the same study tables
-    from harness import report
+    from harness import blocks, report
 
-    decision = report.to_markdown(report.build(df, figures=False))
+    decision = blocks.to_markdown(report.build(df, figures=False))
     assert "Salient channels kept in full precision" in decision and "Toy: two input channels" in decision
 
 
@@ -90,9 +90,13 @@ def test_calib_matrix_study_covers_sets_sizes_and_texts(tmp_path, tiny_llama_dir
     assert roles[("gptq", "prose", 8)] == "size"
 
     text = experiments.render(df, "t")
-    assert "awq: calibration set (4 windows; rows) × eval text (columns)" in text
-    assert "| calibrated on | code_py | prose_en |" in text and "| code |" in text
     assert "gptq: calibration windows drawn from prose (rows) × eval text" in text
+    assert "| windows | code_py | prose_en | quant s |" in text
+    # the calibration set × eval text matrix is the decision report's, once
+    from harness import blocks, report
+
+    decision = blocks.to_markdown(report.build(df, figures=False))
+    assert decision.count("## Calibration matrix") == 1 and "| code n=4 |" in decision
 
 
 def test_restore_brings_back_the_exact_original_weights(tmp_path, tiny_llama_dir):
@@ -161,3 +165,56 @@ def test_cli_salience_end_to_end_writes_results_and_report(planted_llama_dir, tm
     report = (out / "report.md").read_text()
     assert "Toy: two input channels" in report and "| random |" in report
     assert (out / "config.yaml").is_file()
+
+
+# ---- rendering from synthetic study rows (no model) ----------------------------------------------
+
+def study_rows(study, variants, tasks=("code_py", "prose_en"), **common):
+    """Rows as a study writes them: one perplexity row per variant and text."""
+    import pandas as pd
+
+    base = {"experiment": study, "model": "tiny", "suite": "perplexity", "metric": "ppl_token", "stderr": 0.1,
+            "n": 2, "windows": 2, "seqlen": 128, "config_hash": "h", "model_note": None, **common}
+    return pd.DataFrame([{**base, **v, "task": t, "value": v["value"] + i} for v in variants
+                         for i, t in enumerate(tasks)])
+
+
+def test_calib_matrix_sections_are_blocks_with_the_size_sweep_only():
+    from harness.blocks import Block
+    from methods.fp import FP
+
+    fmt = {"bits": 4, "group_size": 64, "calib_seqlen": 64}
+    variants = [{"method": FP, "calib": "none", "calib_samples": 0, "calib_role": "baseline", "value": 10.0,
+                 "quant_seconds": 0.0, "bits": 16, "group_size": -1, "calib_seqlen": 0},
+                {**fmt, "method": "rtn", "calib": "none", "calib_samples": 0, "calib_role": "baseline", "value": 14.0,
+                 "quant_seconds": 1.0, "calib_seqlen": 0}]
+    variants += [{**fmt, "method": "awq", "calib": c, "calib_samples": n, "calib_role": role, "value": v,
+                  "quant_seconds": s} for c, n, role, v, s in [("prose", 8, "matrix+size", 12.0, 5.0),
+                                                               ("code", 8, "matrix", 12.5, 5.0),
+                                                               ("prose", 16, "size", 11.0, 9.0)]]
+    out = calib_matrix.render_sections(study_rows("calib_matrix", variants))
+    assert all(isinstance(b, Block) for b in out)
+    assert [b.kind for b in out] == ["h2", "p", "h3", "table"]
+    assert out[0].text == "Calibration sensitivity (w4 g64)" and "python -m harness.report" in out[1].text
+    sweep = out[3].table
+    assert list(sweep["windows"]) == [f"{FP} (baseline)", "rtn (baseline)", "8", "16"]
+    assert list(sweep["quant s"].iloc[2:]) == ["5.0", "9.0"] and sweep["quant s"].iloc[:2].isna().all()
+    text = experiments.render(study_rows("calib_matrix", variants), "Study t")
+    assert text.startswith("# Study t\n\nModel: tiny\n\n## Calibration sensitivity")
+    assert "| rtn (baseline) | 14.00 | 15.00 | — |" in text  # a missing cell reads —, as in every report
+
+
+def test_salience_sections_are_blocks():
+    from harness.blocks import Block
+
+    common = {"calib": "prose", "calib_samples": 8, "calib_seqlen": 64, "symmetric": False, "bits": 3,
+              "group_size": 64, "kept_channels": 12}
+    variants = [{"method": "rtn", "keep_selector": "none", "keep_fraction": 0.0, "value": 20.0},
+                {"method": "salience_activation_1%", "keep_selector": "activation", "keep_fraction": 0.01, "value": 15.0},
+                {"method": "salience_random_1%", "keep_selector": "random", "keep_fraction": 0.01, "value": 19.0}]
+    out = salience.render_sections(study_rows("salience", variants, tasks=("code_py",), **common))
+    assert all(isinstance(b, Block) for b in out) and out[0].kind == "h2"
+    table = next(b.table for b in out if b.kind == "table")
+    assert list(table["kept channels chosen by"]) == ["activation", "random"] and list(table.columns)[1:] == ["1%"]
+    assert any(b.text == "Toy: two input channels" for b in out)
+    assert salience.render_sections(study_rows("calib_matrix", variants, **common)) == []  # not its rows

@@ -1,71 +1,12 @@
-"""The decision report built from a fixture store: sections, recommendation logic, tie case."""
-import math
+"""The decision report built from a fixture store: sections, figures, HTML, per-layer evidence."""
 import re
 
 import numpy as np
 import pandas as pd
-import pytest
 
-from harness import decide, report, results, store
-from harness.config import DecisionConfig
-
-PARAMS = {"params_total": 1_000_000, "params_quantized": 800_000, "symmetric": False}
-N_WINDOWS = 24
-
-
-def run_rows(method, bits, group, rows, calib="prose", calib_samples=32, quant_seconds=10.0):
-    """One run's rows (FP reference rows included, as the harness writes them)."""
-    chash = f"{method}{bits}g{group}{calib}{calib_samples}"
-    common = {"run_id": chash, "started_at": "2026-01-01T00:00:00", "git_sha": "abc", "model": "tiny",
-              "calib": calib, "calib_samples": calib_samples, "calib_seqlen": 256, "config_hash": chash,
-              "versions": "{}", **PARAMS, "quant_groups": 800_000 // (group if group > 0 else 800_000)}
-    out = []
-    for r in rows:
-        is_fp = r.get("method") == "fp"
-        out.append({**common, "method": "fp" if is_fp else method, "bits": 16 if is_fp else bits,
-                    "group_size": -1 if is_fp else group, "quant_seconds": 0.0 if is_fp else quant_seconds, **r})
-    return results.to_frame(out)
-
-
-def ppl_row(nll: np.ndarray, task="prose_en", **kw):
-    return {"suite": "perplexity", "task": task, "metric": "ppl_token", "value": float(np.exp(nll.mean())),
-            "stderr": float(np.exp(nll.mean()) * nll.std(ddof=1) / math.sqrt(len(nll))), "n": len(nll),
-            "samples": nll.tolist(), "seqlen": 512, "windows": len(nll), "tokens": 511 * len(nll), **kw}
-
-
-def score_row(passed: np.ndarray, task="humaneval", **kw):
-    p = passed.mean()
-    return {"suite": "code", "task": task, "metric": "pass@1", "value": float(p),
-            "stderr": float(math.sqrt(p * (1 - p) / len(passed))), "n": len(passed), "samples": passed.tolist(), **kw}
-
-
-@pytest.fixture(scope="module")
-def fixture_store(tmp_path_factory):
-    """FP, RTN (clearly worse), AWQ g64 and GPTQ g128 (indistinguishable from each other) on
-    perplexity and code; a json suite with stderr only; a salience study."""
-    rng = np.random.default_rng(0)
-    fp_nll = rng.normal(2.5, 0.4, N_WINDOWS)
-    awq_nll = fp_nll + 0.01 + rng.normal(0, 0.002, N_WINDOWS)
-    gptq_nll = awq_nll + rng.normal(0, 0.01, N_WINDOWS)  # zero-mean noise around AWQ: a tie
-    rtn_nll = fp_nll + 0.25 + rng.normal(0, 0.01, N_WINDOWS)
-    fp_pass = (rng.random(40) < 0.6).astype(float)
-    awq_pass = fp_pass.copy()
-    rtn_pass = fp_pass.copy()
-    rtn_pass[np.flatnonzero(fp_pass)[:12]] = 0.0  # RTN breaks 12 problems FP solves
-    json_row = lambda v: {"suite": "json", "task": "schema", "metric": "json_valid", "value": v, "stderr": 0.02, "n": 100}  # noqa: E731
-    runs = [
-        run_rows("fp", 16, -1, [ppl_row(fp_nll, method="fp"), score_row(fp_pass, method="fp"),
-                                {**json_row(0.95), "method": "fp"}]),
-        run_rows("rtn", 4, 64, [ppl_row(rtn_nll), score_row(rtn_pass), json_row(0.80)], quant_seconds=1.0),
-        run_rows("awq", 4, 64, [ppl_row(awq_nll), score_row(awq_pass), json_row(0.94)], quant_seconds=60.0),
-        run_rows("gptq", 4, 128, [ppl_row(gptq_nll), score_row(awq_pass), json_row(0.93)], quant_seconds=40.0),
-        run_rows("salience", 3, -1, [{"suite": "salience", "task": f"activation@{f}", "metric": "ppl_token",
-                                      "value": v, "stderr": 0.1, "n": 8} for f, v in (("1%", 12.0), ("0.1%", 13.5))]),
-    ]
-    root = tmp_path_factory.mktemp("store")
-    for df in runs:
-        store.append(df, root, df[df.method != "fp"].method.iloc[0] if (df.method != "fp").any() else "fp")
-    return root
+from harness import blocks, decide, report, results
+from methods.fp import FP
+from tests.harness.result_rows import fixture_store, ppl_row, run_rows  # noqa: F401  (fixture)
 
 
 def test_report_sections_and_self_contained_html(fixture_store, tmp_path, capsys):
@@ -76,6 +17,7 @@ def test_report_sections_and_self_contained_html(fixture_store, tmp_path, capsys
                     "## Scores vs FP per suite", "### pass@1 (higher is better)", "## Quality vs cost",
                     "## Study: salience", "## Runs"):
         assert heading in md, heading
+    assert "Per-layer evidence" not in md  # a store holds no layers.parquet
     for png in re.findall(r"\]\((plots/[^)]+\.png)\)", md):
         assert (out / png).stat().st_size > 1000
     html = (out / "report.html").read_text()
@@ -85,65 +27,34 @@ def test_report_sections_and_self_contained_html(fixture_store, tmp_path, capsys
     assert "Overall:" in capsys.readouterr().out
 
 
-def test_recommendations_tie_and_significant(fixture_store):
-    df = store.load(fixture_store)
-    dec = decide.decide(df, DecisionConfig())
-    picks = {(p.suite, p.metric): p for p in dec.tasks}
-    ppl = picks[("perplexity", "ppl_token")]
-    # AWQ and GPTQ differ by zero-mean noise: a tie, settled by size (g128 carries fewer scales)
-    assert ppl.tie and "no significant difference between" in ppl.why
-    assert ppl.variant == "gptq w4 g128" and "rtn" not in ppl.why.split("(")[0]
-    # on pass@1 AWQ and GPTQ tie with FP and RTN lost 12 problems: also a tie, GPTQ is smaller
-    assert picks[("code", "pass@1")].variant == "gptq w4 g128"
-    # json has stderr only: 0.94 vs 0.93 with stderr 0.02 each cannot be told apart either
-    assert picks[("json", "json_valid")].tie
-    # overall: the smallest variant within tolerance everywhere; RTN is not within tolerance
-    assert dec.overall == "gptq w4 g128"
-    assert "within tolerance" in dec.overall_why and "smallest size within tolerance" in dec.overall_why
-    row = dec.table.set_index("variant")
-    assert row.loc["rtn w4 g64", "within"] < row.loc["rtn w4 g64", "tasks"]
-    assert row.loc["gptq w4 g128", "bytes"] < row.loc["awq w4 g64", "bytes"] == row.loc["rtn w4 g64", "bytes"]
-
-
-def test_significant_winner_is_explained(fixture_store):
-    df = store.load(fixture_store)
-    df = df[df.method.isin(["fp", "rtn", "awq"])]
-    pick = next(p for p in decide.decide(df).tasks if p.metric == "ppl_token")
-    assert not pick.tie and pick.variant == "awq w4 g64"
-    assert "best of 2" in pick.why and "significantly better than rtn w4 g64" in pick.why
-    assert re.search(r"\+1\.\d% vs FP", pick.why)  # NLL +0.01 per token is +1.0% perplexity
-
-
-def test_pairing_detects_what_stderr_cannot():
-    """A constant per-item shift hidden under a large item-to-item spread: the paired bootstrap
-    sees it, independent stderr intervals do not."""
-    rng = np.random.default_rng(1)
-    base = rng.normal(2.0, 1.0, 50)
-    a = pd.Series(ppl_row(base + 0.02))
-    b = pd.Series(ppl_row(base))
-    cfg = DecisionConfig()
-    paired = decide.compare(a, b, cfg)
-    unpaired = decide.compare(a.drop("samples"), b.drop("samples"), cfg)
-    assert paired.significant and paired.lo > 0 and "paired bootstrap over 50 items" in paired.how
-    assert not unpaired.significant and "stderr" in unpaired.how
-    assert decide.compare(a, b, cfg).lo == paired.lo  # seeded: the same interval every time
-    assert math.isclose(paired.diff, a["value"] - b["value"])
-
-
-def test_calibration_matrix_when_a_method_has_several_calibs(tmp_path):
+def calib_runs():
     rng = np.random.default_rng(2)
     fp = rng.normal(2.5, 0.3, 8)
-    runs = [run_rows("fp", 16, -1, [ppl_row(fp, task=t, method="fp") for t in ("prose_en", "code_py")])]
+    runs = [run_rows(FP, 16, -1, [ppl_row(fp, task=t, method=FP) for t in ("prose_en", "code_py")])]
     for calib, shift in (("prose", 0.01), ("code", 0.03)):
         runs.append(run_rows("awq", 4, 64, [ppl_row(fp + shift, task=t) for t in ("prose_en", "code_py")], calib=calib))
-    blocks = report.build(pd.concat(runs, ignore_index=True))
-    md = report.to_markdown(blocks)
-    assert "## Calibration matrix" in md
-    table = next(b.table for b in blocks if b.kind == "table" and "calibration" in b.table.columns)
+    return pd.concat(runs, ignore_index=True)
+
+
+def test_calibration_matrix_when_a_method_has_several_calibs():
+    out = report.build(calib_runs())
+    md = blocks.to_markdown(out)
+    assert md.count("## Calibration matrix") == 1
+    table = next(b.table for b in out if b.kind == "table" and "calibration" in b.table.columns)
     assert sorted(table["calibration"]) == ["code n=32", "prose n=32"]
     prose = table.set_index("calibration").loc["prose n=32"]
     assert prose.str.startswith("+1.0").all()  # NLL +0.01 → perplexity +1.0%
-    assert any(b.kind == "figure" and b.name.startswith("calib_matrix_awq") for b in blocks)
+    assert table.set_index("calibration").loc["code n=32"].str.startswith("+3.0").all()
+    assert any(b.kind == "figure" and b.name.startswith("calib_matrix_awq") for b in out)
+
+
+def test_delta_cells_read_the_frame_in_tolerances():
+    f = decide.frame(calib_runs())
+    cells = report._delta_cells(f[~f["study"]])
+    prose = cells[cells["variant"] == "awq w4 g64 prose n=32"].set_index("column")
+    # +1.0% perplexity with a 2% tolerance is half a tolerance; the text is the change itself
+    assert np.allclose(prose["loss"], 0.5, atol=0.01) and prose["text"].str.startswith("+1.0%").all()
+    assert set(cells["column"]) == {"perplexity/prose_en", "perplexity/code_py"}
 
 
 def test_bad_inputs_are_one_line(tmp_path, capsys):
@@ -155,35 +66,57 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
     assert "no such run directory" in err[0] and "results store not found" in err[1] and "--store" in err[2]
 
 
-def test_comparison_orders_variants_and_keeps_suites_apart():
+# ---------------------------------------------------------------- per-layer evidence
+
+def awq_layers(config_hash, n_layers=4, calib="prose"):
+    """AWQ's per-layer stats: α and loss vs RTN per scale group (previous op), weight MSE."""
+    rows = []
+    for i in range(n_layers):
+        rows.append({"method": "awq", "bits": 4, "group_size": 64, "calib": calib, "config_hash": config_hash,
+                     "layer": i, "alpha[input_layernorm]": 0.2 + 0.1 * i, "alpha[post_attention_layernorm]": 0.4,
+                     "loss_vs_rtn[input_layernorm]": 0.5, "loss_vs_rtn[post_attention_layernorm]": 0.7 + 0.1 * i,
+                     "weight_mse": 1e-4 * (i + 1)})
+    return pd.DataFrame(rows)
+
+
+def rtn_layers(config_hash, n_layers=4):
+    """RTN: one row per Linear; two Linears per layer."""
+    return pd.DataFrame([{"method": "rtn", "bits": 4, "group_size": 64, "calib": "prose", "config_hash": config_hash,
+                          "layer": i, "linear": name, "weight_mse": 2e-4 * (i + 1) * (2 if name == "up" else 1)}
+                         for i in range(n_layers) for name in ("q", "up")])
+
+
+def test_per_layer_summarises_families_and_averages_rows_of_a_layer():
+    pl, families = report.per_layer(pd.concat([awq_layers("h1"), rtn_layers("h2")], ignore_index=True))
+    assert families == ["alpha", "loss_vs_rtn", "weight_mse"]
+    awq = pl[pl["variant"] == "awq w4 g64"].set_index("layer_index")
+    assert list(awq.index) == [0, 1, 2, 3]
+    assert np.isclose(awq.loc[1, "alpha"], (0.3 + 0.4) / 2) and np.isclose(awq.loc[3, "loss_vs_rtn"], (0.5 + 1.0) / 2)
+    rtn = pl[pl["variant"] == "rtn w4 g64"].set_index("layer_index")
+    assert np.isclose(rtn.loc[0, "weight_mse"], (2e-4 + 4e-4) / 2) and rtn["alpha"].isna().all()
+
+
+def test_layer_blocks_table_and_figure():
+    out = report.layer_blocks(awq_layers("h1"), figures=True)
+    assert out[0].kind == "h2" and out[0].text == "Per-layer evidence"
+    summary = next(b.table for b in out if b.kind == "table").set_index("variant")
+    assert summary.loc["awq w4 g64", "layers"] == 4
+    assert summary.loc["awq w4 g64", "loss_vs_rtn"].startswith("0.675 (0.6 … 0.75, max at layer 3)")
+    assert any(b.kind == "figure" and b.name == "layer_stats" and len(b.png) > 1000 for b in out)
+    assert report.layer_blocks(pd.DataFrame(columns=results.LAYER_KEY)) == []
+
+
+def test_report_of_run_dirs_picks_up_layers_parquet(tmp_path, capsys):
     nll = np.linspace(2.0, 2.4, 6)
-    rows = [dict(ppl_row(nll, task="de"), method="fp"), ppl_row(nll + 0.3, task="de"),
-            dict(ppl_row(nll, task="de", seqlen=256), suite="multilingual")]
-    df = pd.concat([run_rows(m, b, 64, rows) for m, b in [("awq", 3), ("rtn", 3), ("gptq", 4), ("rtn", 4)]])
-    table = results.comparison(df)
-    assert list(table.columns) == ["suite", "task", "fp", "rtn w4 g64", "gptq w4 g64", "rtn w3 g64", "awq w3 g64"]
-    assert sorted(table["suite"]) == ["multilingual", "perplexity"]  # same task name, two rows
-
-
-def test_a_tie_between_equal_sizes_goes_to_the_quicker_method():
-    nll = np.linspace(2.0, 2.4, 8)
-    rows = [dict(ppl_row(nll), method="fp"), ppl_row(nll + 0.1)]
-    df = pd.concat([run_rows("awq", 4, 64, rows, quant_seconds=100.0),
-                    run_rows("gptq", 4, 64, rows, quant_seconds=90.0)])
-    pick = decide.decide(df).tasks[0]
-    assert pick.tie and pick.variant == "gptq w4 g64"
-    assert "of those that size, the quickest to quantize (90 s)" in pick.why
-
-
-def test_without_a_variant_within_tolerance_quality_decides_not_tie_breaks():
-    # gptq is as good as awq on texts a and c and clearly worse on b; both far from FP. The
-    # quantization-time tie-break hands gptq a and c, but awq is at the top on all three texts.
-    nll = np.linspace(2.0, 2.4, 8)
-    texts = ("a", "b", "c")
-    fp = [dict(ppl_row(nll, task=t), method="fp") for t in texts]
-    awq = run_rows("awq", 4, 64, fp + [ppl_row(nll + 0.5, task=t) for t in texts], quant_seconds=100.0)
-    gptq = run_rows("gptq", 4, 64, fp + [ppl_row(nll + (0.9 if t == "b" else 0.5), task=t) for t in texts],
-                    quant_seconds=90.0)
-    dec = decide.decide(pd.concat([awq, gptq]))
-    assert [p.variant for p in dec.tasks] == ["gptq w4 g64", "awq w4 g64", "gptq w4 g64"]
-    assert dec.overall == "awq w4 g64" and "not significantly worse than the best on 3 of them" in dec.overall_why
+    rows = run_rows("awq", 4, 64, [dict(ppl_row(nll), method=FP), ppl_row(nll + 0.05)])
+    run = tmp_path / "run"
+    results.write(rows, run)
+    awq_layers(rows["config_hash"].iloc[0]).to_parquet(run / results.LAYERS_FILE)
+    other = awq_layers("not-in-these-runs")  # a layers row of no run reported here is left out
+    assert report.main([str(run), "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Per-layer evidence" in md and "| awq w4 g64 | 4 |" in md
+    assert (tmp_path / "rep" / "plots" / "layer_stats.png").is_file()
+    assert "Per-layer evidence" in capsys.readouterr().out
+    assert "Per-layer evidence" not in report.render(rows)  # without layers: no section
+    assert report.layer_blocks(other[other["config_hash"].isin(rows["config_hash"])]) == []
