@@ -13,9 +13,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from harness.errors import HarnessError
+from harness.eval.scoring import NonFiniteLogits, scored_batches, targets_of, token_nll
 
 
 @dataclass
@@ -56,18 +56,16 @@ def _fp_reference(fp_rows: list[dict], task: str, k: int) -> float | None:
     return None
 
 
-@torch.no_grad()
 def probe_nll(model, windows: torch.Tensor, batch_size: int) -> tuple[float, bool]:
     """(mean NLL per predicted token, whether every logit was finite)."""
     total, count = 0.0, 0
-    for i in range(0, len(windows), batch_size):
-        batch = windows[i : i + batch_size].to(model.device)
-        logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
-        if not bool(torch.isfinite(logits).all()):
-            return float("nan"), False
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum")
-        total += nll.item()
-        count += batch[:, 1:].numel()
+    try:
+        for batch, logits in scored_batches(model, windows, batch_size, desc="sanity probe", progress=False):
+            targets = targets_of(batch, None)
+            total += token_nll(logits, targets, reduction="sum").item()
+            count += targets.numel()
+    except NonFiniteLogits:
+        return float("nan"), False
     return total / count, True
 
 

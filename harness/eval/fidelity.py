@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from harness.errors import HarnessError
 from harness.eval.generation import encode_prompt
+from harness.eval.scoring import check_finite
 
 
 @dataclass
@@ -91,8 +92,7 @@ def answer_logprobs(model, tok, pairs: Sequence[tuple[str, str]], batch_size: in
         for i, (row, a0) in enumerate(chunk):
             # logits at position t predict token t+1
             lp = F.log_softmax(logits[i, a0 - 1:len(row) - 1].float(), dim=-1).cpu()
-            if not torch.isfinite(lp).all():
-                raise HarnessError(f"the model produced NaN/inf logits ({desc}); the quantized weights are broken")
+            check_finite(lp, desc)
             yield lp, torch.tensor(row[a0:])
 
 

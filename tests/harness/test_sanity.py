@@ -9,7 +9,7 @@ from harness import sanity
 from harness.config import EvalConfig, HarnessConfig, SanityConfig
 from harness.data import EVAL_DIR
 from harness.errors import HarnessError
-from harness.eval import perplexity
+from harness.eval import perplexity, scoring
 from tests.conftest import tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,7 +27,7 @@ def prepared(smol_tokenizer):
 
 def _fp_rows(model, prepared, with_samples=False):
     text = prepared["perplexity"][0]
-    per_window = perplexity.window_nll(model, text.windows, 3)
+    per_window = scoring.window_nll(model, text.windows, 3)
     row = perplexity.summarize(per_window, text.windows.shape[1] - 1)
     row.update(task=text.task, metric="ppl_token", suite="perplexity")
     if with_samples:
