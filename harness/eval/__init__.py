@@ -1,15 +1,26 @@
-"""Evaluation suites. Each suite is a module ``harness.eval.<name>`` exposing ``SUITE``: an object with
+"""Evaluation suites, one module ``harness.eval.<name>`` each, exposing ``SUITE``.
 
-``prepare(tok, cfg) -> data``
-    Load and validate the suite's inputs (raise HarnessError on bad input). Called before any
-    quantization so that mistakes fail fast.
+What the pipeline calls (``cfg`` is the whole run config; nothing else is needed):
+
+``check_installed(name)``
+    Before the model loads: a HarnessError with an install hint when a package the suite reads is
+    missing.
+``prepare_all(names, tok, cfg) -> {name: data}``  (one suite: ``prepare(name, tok, cfg) -> data``)
+    Load and validate every suite's inputs, before any quantization so that mistakes fail fast. The
+    values are the suites' own data (picklable, hashable by content); ``sanity.check`` takes this dict.
+``evaluate(name, model, tok, data, cfg, reference=None) -> SuiteOutput``
+    Score the model: once on the FP model with ``reference=None`` (its ``SuiteOutput.reference`` is
+    cached on disk, keyed by the model's weights and the suite inputs) and again on each quantized
+    model with that FP ``reference``, so that fidelity metrics (KL to FP, agreement) can be computed.
+
+A suite (``suite(name)``) receives its own settings, never the whole config:
+
+``settings(cfg) -> S``
+    A small view dataclass of what the suite reads (``cfg.eval.<suite>`` plus the shared ``cfg.eval``
+    fields it needs; see :mod:`harness.eval.views`). Defaults live only in :mod:`harness.config`.
+``prepare(tok, s) -> data`` and ``evaluate(model, tok, data, s, reference=None) -> SuiteOutput``
+    As above, with ``s = settings(cfg)``.
 ``check_installed() -> None`` (optional)
-    Raise HarnessError with an install hint when a package the suite reads is missing; called
-    before the model loads.
-``evaluate(model, tok, data, cfg, reference=None) -> SuiteOutput``
-    Score the model. Called once on the FP model with ``reference=None`` (its ``reference`` output is
-    cached on disk, keyed by the model's weights and the suite inputs) and again on the quantized
-    model with the FP ``reference`` so that fidelity metrics (KL to FP, agreement) can be computed.
 
 Rows are dicts with at least ``task, metric, value, stderr, n``; the harness adds run columns.
 """
@@ -17,7 +28,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 from harness.errors import HarnessError
 
@@ -43,7 +54,53 @@ def available() -> list[str]:
     return list(SUITE_MODULES)
 
 
-def get(name: str):
+def suite(name: str):
+    """The suite object (``settings`` / ``prepare`` / ``evaluate`` on its own settings)."""
     if name not in SUITE_MODULES:
         raise HarnessError(f"unknown eval suite {name!r}; available: {', '.join(available())}")
     return importlib.import_module(SUITE_MODULES[name]).SUITE
+
+
+def check_installed(name: str) -> None:
+    check = getattr(suite(name), "check_installed", None)  # optional: only suites with a data package
+    if check is not None:
+        check()
+
+
+def settings(name: str, cfg):
+    return suite(name).settings(cfg)
+
+
+def prepare(name: str, tok, cfg):
+    s = suite(name)
+    return s.prepare(tok, s.settings(cfg))
+
+
+def prepare_all(names: Iterable[str], tok, cfg) -> dict[str, Any]:
+    return {name: prepare(name, tok, cfg) for name in names}
+
+
+def evaluate(name: str, model, tok, data, cfg, reference=None) -> SuiteOutput:
+    s = suite(name)
+    return s.evaluate(model, tok, data, s.settings(cfg), reference=reference)
+
+
+@dataclass
+class FullConfigSuite:
+    """Transitional: the old ``get(name).prepare(tok, cfg)`` / ``.evaluate(model, tok, data, cfg,
+    reference=...)`` spelling, whole config in, for callers not yet moved to the functions above."""
+    name: str
+
+    def check_installed(self) -> None:
+        check_installed(self.name)
+
+    def prepare(self, tok, cfg):
+        return prepare(self.name, tok, cfg)
+
+    def evaluate(self, model, tok, data, cfg, reference=None) -> SuiteOutput:
+        return evaluate(self.name, model, tok, data, cfg, reference)
+
+
+def get(name: str) -> FullConfigSuite:
+    suite(name)  # an unknown name fails here, naming the choices
+    return FullConfigSuite(name)

@@ -18,13 +18,17 @@ import re
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
 from harness.errors import HarnessError
-from harness.eval.fidelity import exact_match_rows, fidelity_rows, fp_reference, metric_row
-from harness.eval.generation import greedy_generate, render_chat
+from harness.eval import SuiteOutput
+from harness.eval.fidelity import metric_row
+from harness.eval.generation import render_chat
+from harness.eval.generation_suite import GenerationJob, evaluate_generation
 from harness.eval.sandbox import run_python
+from harness.eval.views import GenerationSettings, generation_settings, view
 
 TASK = "humaneval"
 INSTRUCTION = "Complete this Python function:\n\n```python\n{prompt}```"
@@ -114,39 +118,41 @@ def checked_program(problem: Problem, program: str) -> str:
     return f"{program}\n\n{problem.test}\n\ncheck({problem.entry_point})\n"
 
 
+def pass_rows(problems: list[Problem], outputs: list[str], sandbox) -> list[dict]:
+    """``pass@1``: each greedy completion run against its problem's tests in the sandbox."""
+    passed = []
+    for p, out in tqdm(list(zip(problems, outputs)), desc="humaneval execute", unit="problem", leave=False):
+        passed.append(float(run_python(checked_program(p, extract_program(p, out)), sandbox).passed))
+    return [metric_row(TASK, "pass@1", passed, binary=True)]
+
+
+@dataclass
+class CodeSettings:
+    n_problems: int  # the first N of 164; <= 0 means all
+    max_new_tokens: int
+    sandbox: Any  # harness.config.SandboxConfig
+    generation: GenerationSettings
+
+
 class CodeSuite:
     name = "code"
 
     def check_installed(self) -> None:
         data_file()
 
-    def prepare(self, tok, cfg) -> list[Problem]:
-        c = cfg.eval.code
-        if c.max_new_tokens < 1:
-            raise HarnessError(f"eval.code.max_new_tokens must be >= 1 (got {c.max_new_tokens})")
-        return load_problems(c.n_problems)
+    def settings(self, cfg) -> CodeSettings:
+        return view(CodeSettings, cfg.eval.code, generation=generation_settings(cfg))
 
-    def evaluate(self, model, tok, data: list[Problem], cfg, reference=None):
-        from harness.eval import SuiteOutput
+    def prepare(self, tok, s: CodeSettings) -> list[Problem]:
+        if s.max_new_tokens < 1:
+            raise HarnessError(f"eval.code.max_new_tokens must be >= 1 (got {s.max_new_tokens})")
+        return load_problems(s.n_problems)
 
-        c = cfg.eval.code
-        prompts = [build_prompt(tok, p) for p in data]
-        outputs = greedy_generate(model, tok, prompts, c.max_new_tokens, STOP, batch_size=cfg.eval.gen_batch_size,
-                                  desc="humaneval generate")
-        passed = []
-        for p, out in tqdm(list(zip(data, outputs)), desc="humaneval execute", unit="problem", leave=False):
-            passed.append(float(run_python(checked_program(p, extract_program(p, out)), c.sandbox).passed))
-        rows = [metric_row(TASK, "pass@1", passed, binary=True)]
-
-        pairs = [(prompt, reference_answer(p)) for prompt, p in zip(prompts, data)]
-        kw = dict(task=TASK, batch_size=cfg.eval.fidelity_batch_size)
-        if reference is None:
-            fid_rows, fid_ref = fp_reference(model, tok, pairs, top_k=cfg.eval.fidelity_top_k, **kw)
-            rows += fid_rows
-            return SuiteOutput(rows, reference={"fidelity": fid_ref, "outputs": outputs})
-        rows += fidelity_rows(model, tok, pairs, reference["fidelity"], **kw)
-        rows += exact_match_rows(outputs, reference["outputs"], task=TASK)
-        return SuiteOutput(rows)
+    def evaluate(self, model, tok, data: list[Problem], s: CodeSettings, reference=None) -> SuiteOutput:
+        job = GenerationJob(TASK, [build_prompt(tok, p) for p in data], [reference_answer(p) for p in data],
+                            s.max_new_tokens, STOP, desc="humaneval generate")
+        return evaluate_generation(model, tok, job, lambda outputs: pass_rows(data, outputs, s.sandbox),
+                                   s.generation, reference)
 
 
 SUITE = CodeSuite()

@@ -21,8 +21,11 @@ import jsonschema
 
 from harness.data import DATA_DIR
 from harness.errors import HarnessError
-from harness.eval.fidelity import exact_match_rows, fidelity_rows, fp_reference, metric_row
-from harness.eval.generation import greedy_generate, render_chat
+from harness.eval import SuiteOutput
+from harness.eval.fidelity import metric_row
+from harness.eval.generation import render_chat
+from harness.eval.generation_suite import GenerationJob, evaluate_generation
+from harness.eval.views import GenerationSettings, generation_settings, view
 
 TASK = "json_schema"
 PROMPTS_FILE = DATA_DIR / "json" / "prompts.jsonl"
@@ -126,33 +129,35 @@ def reference_answer(item: JsonItem) -> str:
     return json.dumps(item.answer, indent=2, ensure_ascii=False)
 
 
+def score_rows(items: list[JsonItem], outputs: list[str]) -> list[dict]:
+    """``json_valid``, ``schema_valid`` (binary) and ``field_accuracy`` over the prompts."""
+    scores = [score(item, out) for item, out in zip(items, outputs)]
+    return [metric_row(TASK, m, [s[m] for s in scores], binary=m != "field_accuracy")
+            for m in ("json_valid", "schema_valid", "field_accuracy")]
+
+
+@dataclass
+class JsonSettings:
+    n_prompts: int  # the first N shipped prompts; <= 0 means all
+    max_new_tokens: int
+    generation: GenerationSettings
+
+
 class JsonSuite:
     name = "json"
 
-    def prepare(self, tok, cfg) -> list[JsonItem]:
-        c = cfg.eval.json
-        if c.max_new_tokens < 1:
-            raise HarnessError(f"eval.json.max_new_tokens must be >= 1 (got {c.max_new_tokens})")
-        return load_items(PROMPTS_FILE, c.n_prompts)
+    def settings(self, cfg) -> JsonSettings:
+        return view(JsonSettings, cfg.eval.json, generation=generation_settings(cfg))
 
-    def evaluate(self, model, tok, data: list[JsonItem], cfg, reference=None):
-        from harness.eval import SuiteOutput
+    def prepare(self, tok, s: JsonSettings) -> list[JsonItem]:
+        if s.max_new_tokens < 1:
+            raise HarnessError(f"eval.json.max_new_tokens must be >= 1 (got {s.max_new_tokens})")
+        return load_items(PROMPTS_FILE, s.n_prompts)
 
-        prompts = [build_prompt(tok, item) for item in data]
-        outputs = greedy_generate(model, tok, prompts, cfg.eval.json.max_new_tokens, STOP,
-                                  batch_size=cfg.eval.gen_batch_size, desc="json generate")
-        scores = [score(item, out) for item, out in zip(data, outputs)]
-        rows = [metric_row(TASK, m, [s[m] for s in scores], binary=m != "field_accuracy")
-                for m in ("json_valid", "schema_valid", "field_accuracy")]
-
-        pairs = [(prompt, reference_answer(item)) for prompt, item in zip(prompts, data)]
-        kw = dict(task=TASK, batch_size=cfg.eval.fidelity_batch_size)
-        if reference is None:
-            fid_rows, fid_ref = fp_reference(model, tok, pairs, top_k=cfg.eval.fidelity_top_k, **kw)
-            return SuiteOutput(rows + fid_rows, reference={"fidelity": fid_ref, "outputs": outputs})
-        rows += fidelity_rows(model, tok, pairs, reference["fidelity"], **kw)
-        rows += exact_match_rows(outputs, reference["outputs"], task=TASK)
-        return SuiteOutput(rows)
+    def evaluate(self, model, tok, data: list[JsonItem], s: JsonSettings, reference=None) -> SuiteOutput:
+        job = GenerationJob(TASK, [build_prompt(tok, item) for item in data], [reference_answer(item) for item in data],
+                            s.max_new_tokens, STOP, desc="json generate")
+        return evaluate_generation(model, tok, job, lambda outputs: score_rows(data, outputs), s.generation, reference)
 
 
 SUITE = JsonSuite()

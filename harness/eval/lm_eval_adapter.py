@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 from harness.data import DATA_DIR
 from harness.errors import HarnessError
+from harness.eval import SuiteOutput
+from harness.eval.views import plain, view
 
 LOCAL_TASKS_DIR = DATA_DIR / "lm_eval"
 INSTALL_HINT = "pip install quant-harness[lmeval]"
@@ -69,14 +72,28 @@ def result_rows(results: dict) -> list[dict]:
     return rows
 
 
+@dataclass
+class LmEvalSettings:
+    tasks: list[str]  # eval.tasks: lm-eval task names
+    batch_size: int
+    max_length: int  # 0 = lm-eval's default
+    num_fewshot: Optional[int]
+    limit: int  # documents per task; <= 0 means all
+    bootstrap_iters: int
+    seed: int  # the run's seed, for every lm-eval random generator
+
+
 class LmEvalSuite:
     name = "lm_eval"
 
     def check_installed(self) -> None:
         _lm_eval()
 
-    def prepare(self, tok, cfg) -> LmEvalData:
-        tasks = list(cfg.eval.tasks)
+    def settings(self, cfg) -> LmEvalSettings:
+        return view(LmEvalSettings, cfg.eval.lm_eval, tasks=plain(cfg.eval.tasks), seed=cfg.seed)
+
+    def prepare(self, tok, s: LmEvalSettings) -> LmEvalData:
+        tasks = list(s.tasks)
         if not tasks:
             raise HarnessError("eval=lm_eval needs eval.tasks=[...] (e.g. eval.tasks=[qh_everyday_mc])")
         known = set(task_manager().all_tasks)
@@ -87,19 +104,16 @@ class LmEvalSuite:
                                f"(or any task name lm-eval lists with `lm_eval ls tasks`)")
         return LmEvalData(tasks)
 
-    def evaluate(self, model, tok, data: LmEvalData, cfg, reference=None):
-        from harness.eval import SuiteOutput
-
+    def evaluate(self, model, tok, data: LmEvalData, s: LmEvalSettings, reference=None) -> SuiteOutput:
         lm_eval, _ = _lm_eval()
         from lm_eval.models.huggingface import HFLM
 
-        c = cfg.eval.lm_eval
-        lm = HFLM(pretrained=model, tokenizer=tok, batch_size=c.batch_size, max_length=c.max_length or None)
-        out = lm_eval.simple_evaluate(model=lm, tasks=data.tasks, num_fewshot=c.num_fewshot,
-                                      limit=c.limit if c.limit and c.limit > 0 else None,
-                                      task_manager=task_manager(), log_samples=True, bootstrap_iters=c.bootstrap_iters,
-                                      random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed,
-                                      fewshot_random_seed=cfg.seed)
+        lm = HFLM(pretrained=model, tokenizer=tok, batch_size=s.batch_size, max_length=s.max_length or None)
+        out = lm_eval.simple_evaluate(model=lm, tasks=data.tasks, num_fewshot=s.num_fewshot,
+                                      limit=s.limit if s.limit and s.limit > 0 else None,
+                                      task_manager=task_manager(), log_samples=True, bootstrap_iters=s.bootstrap_iters,
+                                      random_seed=s.seed, numpy_random_seed=s.seed, torch_random_seed=s.seed,
+                                      fewshot_random_seed=s.seed)
         if out is None:
             raise HarnessError("lm-eval returned no results (only rank 0 reports; run the harness in one process)")
         return SuiteOutput(result_rows(out))

@@ -23,12 +23,15 @@ import re
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from harness.data import EVAL_DIR, shipped_eval_texts
 from harness.errors import HarnessError
-from harness.eval import perplexity
+from harness.eval import SuiteOutput, perplexity
+from harness.eval.fidelity import metric_row
+from harness.eval.generation import render_chat
+from harness.eval.generation_suite import GenerationJob, evaluate_generation
+from harness.eval.scoring import window_nll
+from harness.eval.views import GenerationSettings, view
 
 KEYS = ["the blue lantern", "the harbour gate", "the copper kettle", "the north tower", "the old violin",
         "the garden shed", "the silver compass", "the night train", "the paper kite", "the stone bridge",
@@ -67,20 +70,6 @@ def target_ends(n_tokens: int, longest: int, n_targets: int) -> list[int]:
     return [longest + (span * i) // (n_targets - 1) for i in range(n_targets)]
 
 
-@torch.no_grad()
-def tail_nll(model, windows: torch.Tensor, tail: int, batch_size: int, desc: str) -> torch.Tensor:
-    """Summed NLL of the last ``tail`` tokens of each window, shape [n_windows] (float64)."""
-    out = []
-    for i in tqdm(range(0, len(windows), batch_size), desc=desc, unit="batch", leave=False):
-        batch = windows[i:i + batch_size].to(model.device)
-        logits = model(input_ids=batch, use_cache=False).logits[:, -tail - 1:-1].float()
-        if not torch.isfinite(logits).all():
-            raise HarnessError(f"the model produced NaN/inf logits ({desc}); the quantized weights are broken")
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, -tail:].reshape(-1), reduction="none")
-        out.append(nll.view(batch.shape[0], tail).double().sum(dim=1).cpu())
-    return torch.cat(out)
-
-
 # ---------------------------------------------------------------- needle retrieval
 
 @dataclass
@@ -97,8 +86,6 @@ def _sentences(text: str) -> list[str]:
 
 
 def make_needles(tok, lengths: list[int], depths: list[float], repeats: int, seed: int) -> list[Needle]:
-    from harness.eval.generation import render_chat
-
     sentences = _sentences(perplexity.read_text(EVAL_DIR / "prose_en.txt"))
     sizes = [len(tok(" " + s, add_special_tokens=False)["input_ids"]) for s in sentences]
     rng = random.Random(seed)
@@ -136,57 +123,73 @@ class LongContextData:
     needles: list[Needle]
 
 
+@dataclass
+class LongContextSettings:
+    max_length: int  # largest bucket; <= 0 means the model's limit
+    tail: int
+    n_targets: int
+    needle_depths: list[float]  # empty = no needles
+    needle_repeats: int
+    needle_max_new_tokens: int
+    needle_batch_size: int
+    batch_size: int
+    fidelity_top_k: int  # eval.fidelity_top_k
+    seed: int  # the run's seed: which keys, values and filler the needles get
+
+
+def context_rows(model, data: LongContextData, batch_size: int, limit: int) -> list[dict]:
+    """``ppl_token`` per bucket that fits the model (``limit`` tokens), over the last ``tail`` tokens."""
+    rows = []
+    for L, windows in data.windows.items():
+        if L > limit:
+            continue
+        nll = window_nll(model, windows, batch_size, tail=data.tail, desc=f"ppl ctx {L}")
+        rows.append(perplexity.ppl_row(f"ctx{L}", nll, data.tail, L))
+    return rows
+
+
+def needle_rows(needles: list[Needle], answers: list[str]) -> list[dict]:
+    """``needle_match`` per bucket and over all needles (binomial standard errors)."""
+    hits = [retrieved(a, n.value) for a, n in zip(answers, needles)]
+    rows = []
+    for L in sorted({n.length for n in needles}):
+        rows.append(metric_row(f"needle{L}", "needle_match", [float(h) for h, n in zip(hits, needles)
+                                                              if n.length == L], binary=True))
+    rows.append(metric_row("needle", "needle_match", [float(h) for h in hits], binary=True))
+    return rows
+
+
 class LongContextSuite:
     name = "long_context"
 
-    def prepare(self, tok, cfg) -> LongContextData:
-        c = cfg.eval.long_context
-        if c.tail < 1 or c.tail >= 512:
-            raise HarnessError(f"eval.long_context.tail must be in 1..511 (got {c.tail})")
+    def settings(self, cfg) -> LongContextSettings:
+        return view(LongContextSettings, cfg.eval.long_context, fidelity_top_k=cfg.eval.fidelity_top_k, seed=cfg.seed)
+
+    def prepare(self, tok, s: LongContextSettings) -> LongContextData:
+        if s.tail < 1 or s.tail >= 512:
+            raise HarnessError(f"eval.long_context.tail must be in 1..511 (got {s.tail})")
         ids = long_stream(tok)
         # the model's own limit is only known after loading; evaluate() drops larger buckets
-        lens = buckets(c.max_length, 1 << 30, ids.numel())
+        lens = buckets(s.max_length, 1 << 30, ids.numel())
         if not lens:
-            raise HarnessError(f"eval.long_context.max_length={c.max_length} leaves no bucket (the smallest is 512)")
-        ends = target_ends(ids.numel(), lens[-1], c.n_targets)
+            raise HarnessError(f"eval.long_context.max_length={s.max_length} leaves no bucket (the smallest is 512)")
+        ends = target_ends(ids.numel(), lens[-1], s.n_targets)
         windows = {L: torch.stack([ids[e - L:e] for e in ends]) for L in lens}
-        needles = make_needles(tok, lens, list(c.needle_depths), c.needle_repeats, cfg.seed) if c.needle_depths else []
-        return LongContextData(windows, c.tail, needles)
+        needles = make_needles(tok, lens, s.needle_depths, s.needle_repeats, s.seed) if s.needle_depths else []
+        return LongContextData(windows, s.tail, needles)
 
-    def evaluate(self, model, tok, data: LongContextData, cfg, reference=None):
-        from harness.eval import SuiteOutput
-        from harness.eval.fidelity import exact_match_rows, fidelity_rows, fp_reference, metric_row
-        from harness.eval.generation import greedy_generate
-
-        c, e = cfg.eval.long_context, cfg.eval
+    def evaluate(self, model, tok, data: LongContextData, s: LongContextSettings, reference=None) -> SuiteOutput:
         limit = model_max_length(model)
-        rows = []
-        for L, windows in data.windows.items():
-            if L > limit:
-                continue
-            nll = tail_nll(model, windows, data.tail, c.batch_size, desc=f"ppl ctx {L}")
-            rows.append(perplexity.ppl_row(f"ctx{L}", nll, data.tail, L))
+        rows = context_rows(model, data, s.batch_size, limit)
         needles = [n for n in data.needles if n.length <= limit]
-        fp_ref = None
-        if needles:
-            answers = greedy_generate(model, tok, [n.prompt for n in needles], c.needle_max_new_tokens,
-                                      batch_size=c.needle_batch_size, desc="needles")
-            hits = [retrieved(a, n.value) for a, n in zip(answers, needles)]
-            for L in sorted({n.length for n in needles}):
-                rows.append(metric_row(f"needle{L}", "needle_match", [float(h) for h, n in zip(hits, needles)
-                                                                      if n.length == L], binary=True))
-            rows.append(metric_row("needle", "needle_match", [float(h) for h in hits], binary=True))
-            pairs = [(n.prompt, n.value) for n in needles]
-            if reference is None:
-                fid, fp_ref = fp_reference(model, tok, pairs, task="needle", top_k=e.fidelity_top_k,
-                                           batch_size=c.needle_batch_size)
-                fp_ref = {"fidelity": fp_ref, "answers": answers}
-                rows += fid
-            else:
-                rows += fidelity_rows(model, tok, pairs, reference["fidelity"], task="needle",
-                                      batch_size=c.needle_batch_size)
-                rows += exact_match_rows(answers, reference["answers"], task="needle")
-        return SuiteOutput(rows, reference=fp_ref)
+        if not needles:
+            return SuiteOutput(rows)
+        job = GenerationJob("needle", [n.prompt for n in needles], [n.value for n in needles],
+                            s.needle_max_new_tokens, desc="needles")
+        gen = GenerationSettings(s.needle_batch_size, s.fidelity_top_k, s.needle_batch_size)
+        out = evaluate_generation(model, tok, job, lambda answers: needle_rows(needles, answers), gen, reference,
+                                  outputs_key="answers")
+        return SuiteOutput(rows + out.rows, reference=out.reference)
 
 
 SUITE = LongContextSuite()

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from harness.data import EVAL_DIR
 from harness.errors import HarnessError
-from harness.eval import perplexity
+from harness.eval import SuiteOutput, perplexity
+from harness.eval.fidelity import FidelityReference, coarse_kl, metric_row
+from harness.eval.scoring import gathered_nll, window_logprobs
+from harness.eval.views import view
 
 
 def language_texts(languages: list[str]) -> dict[str, Path]:
@@ -45,28 +46,15 @@ class LanguageData:
     texts: dict[str, perplexity.EvalText]
 
 
-@torch.no_grad()
-def window_logprobs(model, windows: torch.Tensor, batch_size: int, desc: str):
-    """Yield each window's next-token log-probabilities [seqlen-1, vocab] in order."""
-    for i in tqdm(range(0, len(windows), batch_size), desc=desc, unit="batch", leave=False):
-        batch = windows[i:i + batch_size].to(model.device)
-        logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
-        if not torch.isfinite(logits).all():
-            raise HarnessError(f"the model produced NaN/inf logits ({desc}); the quantized weights are broken")
-        yield from F.log_softmax(logits, dim=-1).cpu()
-
-
 def score_windows(model, windows: torch.Tensor, batch_size: int, top_k: int, reference=None, desc: str = ""):
     """One pass over the windows: per-window summed NLL [n] (float64) and either the FP top-k
     reference (``reference`` None) or per-window (mean KL to FP, top-1 agreement with FP)."""
-    from harness.eval.fidelity import FidelityReference, coarse_kl
-
     if reference is not None and len(reference.logprobs) != len(windows):
         raise HarnessError(f"FP reference has {len(reference.logprobs)} windows for {desc}, the suite has "
                            f"{len(windows)}; delete the FP reference cache and rerun")
     nll, vals, idx, kl, agree = [], [], [], [], []
     for j, lp in enumerate(window_logprobs(model, windows, batch_size, desc)):
-        nll.append(-lp.gather(-1, windows[j, 1:, None]).double().sum().item())
+        nll.append(gathered_nll(lp, windows[j, 1:]))
         if reference is None:
             v, i = lp.topk(min(top_k, lp.shape[-1]), dim=-1)
             vals.append(v.clone())
@@ -81,23 +69,30 @@ def score_windows(model, windows: torch.Tensor, batch_size: int, top_k: int, ref
     return nll, (kl, agree)
 
 
+@dataclass
+class MultilingualSettings:
+    languages: list[str]  # empty = every shipped language
+    seqlen: int
+    max_windows: int
+    batch_size: int
+    fidelity_top_k: int  # eval.fidelity_top_k
+
+
 class MultilingualSuite:
     name = "multilingual"
 
-    def prepare(self, tok, cfg) -> LanguageData:
-        c = cfg.eval.multilingual
-        paths = language_texts(list(c.languages))
-        return LanguageData({code: perplexity.prepare(p, tok, c.seqlen, c.max_windows) for code, p in paths.items()})
+    def settings(self, cfg) -> MultilingualSettings:
+        return view(MultilingualSettings, cfg.eval.multilingual, fidelity_top_k=cfg.eval.fidelity_top_k)
 
-    def evaluate(self, model, tok, data: LanguageData, cfg, reference=None):
-        from harness.eval import SuiteOutput
-        from harness.eval.fidelity import metric_row
+    def prepare(self, tok, s: MultilingualSettings) -> LanguageData:
+        paths = language_texts(s.languages)
+        return LanguageData({code: perplexity.prepare(p, tok, s.seqlen, s.max_windows) for code, p in paths.items()})
 
-        c = cfg.eval.multilingual
+    def evaluate(self, model, tok, data: LanguageData, s: MultilingualSettings, reference=None) -> SuiteOutput:
         rows, fp_refs = [], {}
         for code, text in data.texts.items():
             ref = None if reference is None else reference[code]
-            nll, extra = score_windows(model, text.windows, c.batch_size, cfg.eval.fidelity_top_k, ref, desc=code)
+            nll, extra = score_windows(model, text.windows, s.batch_size, s.fidelity_top_k, ref, desc=code)
             seqlen = text.windows.shape[1]
             rows.append({**perplexity.ppl_row(code, nll, seqlen - 1, seqlen), "source": text.path})
             if reference is None:

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from harness import hub_data
 from harness.errors import HarnessError
+from harness.eval import SuiteOutput
+from harness.eval.scoring import window_nll
+from harness.eval.views import view
 
 
 @dataclass
@@ -57,20 +58,6 @@ def prepare(path: Path, tok, seqlen: int, max_windows: int) -> EvalText:
     return EvalText(path.stem, str(path), make_windows(ids, seqlen, max_windows), ids.numel())
 
 
-@torch.no_grad()
-def window_nll(model, windows: torch.Tensor, batch_size: int, desc: str = "") -> torch.Tensor:
-    """Summed NLL of each window's predicted tokens, shape [n_windows] (float64)."""
-    out = []
-    for i in tqdm(range(0, len(windows), batch_size), desc=desc, unit="batch", leave=False):
-        batch = windows[i : i + batch_size].to(model.device)
-        logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
-        if not torch.isfinite(logits).all():
-            raise HarnessError(f"the model produced NaN/inf logits ({desc}); the quantized weights are broken")
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="none")
-        out.append(nll.view(batch.shape[0], -1).double().sum(dim=1).cpu())
-    return torch.cat(out)
-
-
 def summarize(nll_per_window: torch.Tensor, tokens_per_window: int) -> dict:
     """Perplexity and its standard error from per-window summed NLLs."""
     n = nll_per_window.numel()
@@ -97,23 +84,32 @@ def evaluate(model, text: EvalText, batch_size: int, desc: str = "") -> dict:
     return ppl_row(text.task, per_window, seqlen - 1, seqlen)
 
 
+@dataclass
+class PerplexitySettings:
+    texts: list[str]  # eval.texts: paths or hub: names; empty = every shipped eval text
+    seqlen: int
+    max_windows: int
+    batch_size: int
+
+
 class PerplexitySuite:
     """Perplexity on every shipped eval text (or ``eval.texts``)."""
 
     name = "perplexity"
 
-    def prepare(self, tok, cfg) -> list[EvalText]:
+    def settings(self, cfg) -> PerplexitySettings:
+        return view(PerplexitySettings, cfg.eval)
+
+    def prepare(self, tok, s: PerplexitySettings) -> list[EvalText]:
         from harness.data import shipped_eval_texts
 
-        paths = [Path(t).expanduser() for t in cfg.eval.texts] if cfg.eval.texts else shipped_eval_texts()
-        return [prepare(p, tok, cfg.eval.seqlen, cfg.eval.max_windows) for p in paths]
+        paths = [Path(t).expanduser() for t in s.texts] if s.texts else shipped_eval_texts()
+        return [prepare(p, tok, s.seqlen, s.max_windows) for p in paths]
 
-    def evaluate(self, model, tok, data, cfg, reference=None):
-        from harness.eval import SuiteOutput
-
+    def evaluate(self, model, tok, data: list[EvalText], s: PerplexitySettings, reference=None) -> SuiteOutput:
         rows = []
         for text in data:
-            row = evaluate(model, text, cfg.eval.batch_size, desc=text.task)
+            row = evaluate(model, text, s.batch_size, desc=text.task)
             rows.append({**row, "source": text.path})
         return SuiteOutput(rows)
 

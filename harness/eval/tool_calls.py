@@ -20,6 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.eval import SuiteOutput
+from harness.eval.fidelity import metric_row
+from harness.eval.generation import render_chat
+from harness.eval.generation_suite import GenerationJob, evaluate_generation
+from harness.eval.views import GenerationSettings, generation_settings, view
 
 CATEGORIES = {  # category -> data file stem in bfcl_eval/data and bfcl_eval/data/possible_answer
     "simple": "BFCL_v4_simple_python",
@@ -377,8 +382,6 @@ def tool_prompt(tok, messages: list, functions: list) -> str:
     """The rendered prompt with the tools passed through the chat template's ``tools=``. A template
     that ignores ``tools`` (SmolLM2's, for one) renders the same text as without them; then the tools
     go into a system message in the Hermes ``<tool_call>`` convention, so the model sees them anyway."""
-    from harness.eval.generation import render_chat
-
     tools = chat_tools(functions)
     with_tools = render_chat(tok, messages, tools=tools)
     if with_tools != render_chat(tok, messages):
@@ -394,42 +397,46 @@ class ToolCallData:
     references: list[str]
 
 
+def match_rows(problems: list[Problem], answers: list[str]) -> list[dict]:
+    """``ast_match`` per category and over all problems, and the share of answers with a readable call."""
+    parsed = [parse_calls(a) for a in answers]
+    hits = [match_calls(p.functions, calls, p.ground_truth) is None for p, calls in zip(problems, parsed)]
+    rows = []
+    for cat in dict.fromkeys(p.category for p in problems):
+        rows.append(metric_row(cat, "ast_match", [float(h) for h, p in zip(hits, problems) if p.category == cat],
+                               binary=True))
+    rows.append(metric_row("all", "ast_match", [float(h) for h in hits], binary=True))
+    rows.append(metric_row("all", "parse_rate", [float(calls is not None) for calls in parsed], binary=True))
+    return rows
+
+
+@dataclass
+class ToolCallsSettings:
+    categories: list[str]
+    n_per_category: int  # <= 0 means all
+    max_new_tokens: int
+    seed: int  # the run's seed: which problems are drawn
+    generation: GenerationSettings
+
+
 class ToolCallsSuite:
     name = "tool_calls"
 
     def check_installed(self) -> None:
         bfcl_data_dir()
 
-    def prepare(self, tok, cfg) -> ToolCallData:
-        c = cfg.eval.tool_calls
-        problems = load_problems(list(c.categories), c.n_per_category, cfg.seed)
+    def settings(self, cfg) -> ToolCallsSettings:
+        return view(ToolCallsSettings, cfg.eval.tool_calls, seed=cfg.seed, generation=generation_settings(cfg))
+
+    def prepare(self, tok, s: ToolCallsSettings) -> ToolCallData:
+        problems = load_problems(s.categories, s.n_per_category, s.seed)
         return ToolCallData(problems, [tool_prompt(tok, p.messages, p.functions) for p in problems],
                             [reference_answer(p) for p in problems])
 
-    def evaluate(self, model, tok, data: ToolCallData, cfg, reference=None):
-        from harness.eval import SuiteOutput
-        from harness.eval.fidelity import exact_match_rows, fidelity_rows, fp_reference, metric_row
-        from harness.eval.generation import greedy_generate
-
-        c, e = cfg.eval.tool_calls, cfg.eval
-        answers = greedy_generate(model, tok, data.prompts, c.max_new_tokens, batch_size=e.gen_batch_size,
-                                  desc="tool calls")
-        parsed = [parse_calls(a) for a in answers]
-        hits = [match_calls(p.functions, calls, p.ground_truth) is None for p, calls in zip(data.problems, parsed)]
-        rows = []
-        for cat in dict.fromkeys(p.category for p in data.problems):
-            rows.append(metric_row(cat, "ast_match", [float(h) for h, p in zip(hits, data.problems) if p.category == cat],
-                                   binary=True))
-        rows.append(metric_row("all", "ast_match", [float(h) for h in hits], binary=True))
-        rows.append(metric_row("all", "parse_rate", [float(calls is not None) for calls in parsed], binary=True))
-        pairs = list(zip(data.prompts, data.references))
-        if reference is None:
-            fid, fid_ref = fp_reference(model, tok, pairs, task="all", top_k=e.fidelity_top_k,
-                                        batch_size=e.fidelity_batch_size)
-            return SuiteOutput(rows + fid, reference={"fidelity": fid_ref, "answers": answers})
-        rows += fidelity_rows(model, tok, pairs, reference["fidelity"], task="all", batch_size=e.fidelity_batch_size)
-        rows += exact_match_rows(answers, reference["answers"], task="all")
-        return SuiteOutput(rows)
+    def evaluate(self, model, tok, data: ToolCallData, s: ToolCallsSettings, reference=None) -> SuiteOutput:
+        job = GenerationJob("all", data.prompts, data.references, s.max_new_tokens, desc="tool calls")
+        return evaluate_generation(model, tok, job, lambda answers: match_rows(data.problems, answers), s.generation,
+                                   reference, outputs_key="answers")
 
 
 SUITE = ToolCallsSuite()

@@ -23,9 +23,10 @@ SUITES = {
 def test_fp_self_and_perturbed(suite, smol_tokenizer):
     module, overrides, task, scores = SUITES[suite]
     cfg = eval_cfg(**overrides, fidelity_top_k=8, gen_batch_size=2, fidelity_batch_size=2)
-    data = module.SUITE.prepare(smol_tokenizer, cfg)
+    s = module.SUITE.settings(cfg)
+    data = module.SUITE.prepare(smol_tokenizer, s)
     model = tiny_model("llama")
-    fp = module.SUITE.evaluate(model, smol_tokenizer, data, cfg)
+    fp = module.SUITE.evaluate(model, smol_tokenizer, data, s)
     rows = by_metric(fp.rows)
     assert set(rows) == {*scores, "answer_nll"}
     assert all(r["n"] == 3 and len(r["samples"]) == 3 and r["task"] == task for r in fp.rows)
@@ -33,11 +34,11 @@ def test_fp_self_and_perturbed(suite, smol_tokenizer):
     assert rows["answer_nll"]["value"] > 5
     assert len(fp.reference["outputs"]) == 3
 
-    same = by_metric(module.SUITE.evaluate(model, smol_tokenizer, data, cfg, reference=fp.reference).rows)
+    same = by_metric(module.SUITE.evaluate(model, smol_tokenizer, data, s, reference=fp.reference).rows)
     assert same["kl_to_fp"]["value"] == pytest.approx(0.0, abs=1e-5)
     assert same["top1_agree_fp"]["value"] == 1.0 and same["exact_match_fp"]["value"] == 1.0
 
-    other = by_metric(module.SUITE.evaluate(perturbed(model, 0.5), smol_tokenizer, data, cfg,
+    other = by_metric(module.SUITE.evaluate(perturbed(model, 0.5), smol_tokenizer, data, s,
                                             reference=fp.reference).rows)
     assert other["kl_to_fp"]["value"] > 1e-6
     assert other["answer_nll"]["value"] != rows["answer_nll"]["value"]

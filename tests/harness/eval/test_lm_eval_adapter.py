@@ -16,7 +16,7 @@ needs_lm_eval = pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None,
 def test_missing_lm_eval_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # import lm_eval now raises ImportError
     with pytest.raises(HarnessError, match=r"pip install quant-harness\[lmeval\]"):
-        adapter.SUITE.prepare(None, eval_cfg())
+        adapter.SUITE.prepare(None, adapter.SUITE.settings(eval_cfg()))
 
 
 def test_result_rows_convert_lm_eval_output():
@@ -35,19 +35,20 @@ def test_result_rows_convert_lm_eval_output():
 @needs_lm_eval
 def test_unknown_task_lists_the_shipped_ones():
     with pytest.raises(HarnessError, match="unknown lm-eval task 'no_such_task'; shipped offline tasks: qh_everyday_mc"):
-        adapter.SUITE.prepare(None, eval_cfg(tasks=["no_such_task"]))
+        adapter.SUITE.prepare(None, adapter.SUITE.settings(eval_cfg(tasks=["no_such_task"])))
 
 
 @needs_lm_eval
 def test_shipped_task_runs_offline_on_the_in_memory_model(smol_tokenizer):
     cfg = eval_cfg(**{"tasks": ["qh_everyday_mc"], "lm_eval.limit": 6, "lm_eval.batch_size": 2})
-    data = adapter.SUITE.prepare(smol_tokenizer, cfg)
+    s = adapter.SUITE.settings(cfg)
+    data = adapter.SUITE.prepare(smol_tokenizer, s)
     model = tiny_model("llama")
-    rows = by_metric(adapter.SUITE.evaluate(model, smol_tokenizer, data, cfg).rows, "qh_everyday_mc")
+    rows = by_metric(adapter.SUITE.evaluate(model, smol_tokenizer, data, s).rows, "qh_everyday_mc")
     assert set(rows) == {"acc", "acc_norm"}
     for r in rows.values():
         assert r["n"] == 6 and len(r["samples"]) == 6 and 0.0 <= r["value"] <= 1.0
         assert r["value"] == pytest.approx(sum(r["samples"]) / 6)
     # the in-memory weights are what lm-eval scored: a different model changes per-item scores
-    other = by_metric(adapter.SUITE.evaluate(tiny_model("llama", seed=5), smol_tokenizer, data, cfg).rows)
+    other = by_metric(adapter.SUITE.evaluate(tiny_model("llama", seed=5), smol_tokenizer, data, s).rows)
     assert other["acc"]["samples"] != rows["acc"]["samples"] or other["acc_norm"]["samples"] != rows["acc_norm"]["samples"]

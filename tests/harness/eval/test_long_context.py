@@ -41,25 +41,26 @@ def test_needle_depth_and_length(smol_tokenizer):
 def test_suite_end_to_end(smol_tokenizer):
     cfg = eval_cfg(**{"long_context.n_targets": 2, "long_context.needle_depths": [0.0, 1.0],
                       "long_context.needle_max_new_tokens": 4, "fidelity_top_k": 8})
-    data = lc.SUITE.prepare(smol_tokenizer, cfg)
+    s = lc.SUITE.settings(cfg)
+    data = lc.SUITE.prepare(smol_tokenizer, s)
     assert sorted(data.windows) == [512, 1024]
     # every bucket ends on the same target tokens
     assert (data.windows[512][:, -256:] == data.windows[1024][:, -256:]).all()
     assert (data.windows[512] == data.windows[1024][:, -512:]).all()
     model = tiny_model("llama", max_position_embeddings=512)  # the 1024 bucket exceeds this model
-    fp = lc.SUITE.evaluate(model, smol_tokenizer, data, cfg)
+    fp = lc.SUITE.evaluate(model, smol_tokenizer, data, s)
     tasks = {(r["task"], r["metric"]) for r in fp.rows}
     assert ("ctx512", "ppl_token") in tasks and ("ctx1024", "ppl_token") not in tasks
     assert ("needle512", "needle_match") in tasks and ("needle1024", "needle_match") not in tasks
     assert by_metric(fp.rows, "needle")["needle_match"]["n"] == 2
     ctx = by_metric(fp.rows, "ctx512")["ppl_token"]
     assert ctx["n"] == 2 and ctx["tokens"] == 512 and ctx["value"] > 1
-    same = by_metric(lc.SUITE.evaluate(model, smol_tokenizer, data, cfg, reference=fp.reference).rows, "needle")
+    same = by_metric(lc.SUITE.evaluate(model, smol_tokenizer, data, s, reference=fp.reference).rows, "needle")
     assert same["kl_to_fp"]["value"] == pytest.approx(0.0, abs=1e-5) and same["exact_match_fp"]["value"] == 1.0
 
 
 def test_bad_sizes_are_clear_errors(smol_tokenizer):
     with pytest.raises(HarnessError, match="leaves no bucket"):
-        lc.SUITE.prepare(smol_tokenizer, eval_cfg(**{"long_context.max_length": 256}))
+        lc.SUITE.prepare(smol_tokenizer, lc.SUITE.settings(eval_cfg(**{"long_context.max_length": 256})))
     with pytest.raises(HarnessError, match="needle_depths must lie in"):
-        lc.SUITE.prepare(smol_tokenizer, eval_cfg(**{"long_context.needle_depths": [1.5]}))
+        lc.SUITE.prepare(smol_tokenizer, lc.SUITE.settings(eval_cfg(**{"long_context.needle_depths": [1.5]})))

@@ -19,9 +19,10 @@ def test_rows_per_language(smol_tokenizer):
     cfg = eval_cfg(**{"multilingual.languages": ["de", "ru"], "multilingual.seqlen": 64,
                       "multilingual.max_windows": 3, "fidelity_top_k": 16})
     suite = multilingual.SUITE
-    data = suite.prepare(smol_tokenizer, cfg)
+    s = suite.settings(cfg)
+    data = suite.prepare(smol_tokenizer, s)
     model = tiny_model("llama")
-    fp = suite.evaluate(model, smol_tokenizer, data, cfg)
+    fp = suite.evaluate(model, smol_tokenizer, data, s)
     ppl = {r["task"]: r for r in fp.rows if r["metric"] == "ppl_token"}
     assert set(ppl) == {"de", "ru"}
     for code in ppl:
@@ -29,8 +30,8 @@ def test_rows_per_language(smol_tokenizer):
         assert ppl[code]["value"] == pytest.approx(expected["value"], rel=1e-5)
         assert ppl[code]["stderr"] == pytest.approx(expected["stderr"], rel=1e-4)
         assert ppl[code]["n"] == 3 and ppl[code]["seqlen"] == 64 and len(ppl[code]["samples"]) == 3
-    same = suite.evaluate(model, smol_tokenizer, data, cfg, reference=fp.reference)
+    same = suite.evaluate(model, smol_tokenizer, data, s, reference=fp.reference)
     assert by_metric(same.rows, "ru")["kl_to_fp"]["value"] == pytest.approx(0.0, abs=1e-5)
     assert by_metric(same.rows, "de")["top1_agree_fp"]["value"] == 1.0
-    other = suite.evaluate(perturbed(model, 0.5), smol_tokenizer, data, cfg, reference=fp.reference)
+    other = suite.evaluate(perturbed(model, 0.5), smol_tokenizer, data, s, reference=fp.reference)
     assert by_metric(other.rows, "de")["kl_to_fp"]["value"] > 1e-6  # a random model is near-uniform: small but non-zero

@@ -9,12 +9,12 @@ from tests.conftest import tiny_model
 @pytest.fixture(scope="module")
 def setup(smol_tokenizer):
     cfg = eval_cfg(**{"tool_calls.n_per_category": 1, "tool_calls.max_new_tokens": 6, "fidelity_top_k": 8})
-    data = tc.SUITE.prepare(smol_tokenizer, cfg)
-    return cfg, data, tiny_model("llama")
+    s = tc.SUITE.settings(cfg)
+    return s, tc.SUITE.prepare(smol_tokenizer, s), tiny_model("llama")
 
 
 def test_prompts_show_the_tools(setup, smol_tokenizer):
-    cfg, data, _ = setup
+    _, data, _ = setup
     assert [p.category for p in data.problems] == ["simple", "multiple", "parallel"]
     for p, prompt in zip(data.problems, data.prompts):
         # SmolLM2's template ignores tools=, so they arrive in a system message
@@ -23,8 +23,8 @@ def test_prompts_show_the_tools(setup, smol_tokenizer):
 
 
 def test_fp_then_quantized_rows(setup, smol_tokenizer):
-    cfg, data, model = setup
-    fp = tc.SUITE.evaluate(model, smol_tokenizer, data, cfg)
+    s, data, model = setup
+    fp = tc.SUITE.evaluate(model, smol_tokenizer, data, s)
     rows = fp.rows
     assert {(r["task"], r["metric"]) for r in rows} >= {("simple", "ast_match"), ("multiple", "ast_match"),
                                                        ("parallel", "ast_match"), ("all", "ast_match"),
@@ -34,9 +34,9 @@ def test_fp_then_quantized_rows(setup, smol_tokenizer):
     assert overall["answer_nll"]["value"] > 5  # ~log(49152) for a random model
     assert len(fp.reference["answers"]) == 3
 
-    same = by_metric(tc.SUITE.evaluate(model, smol_tokenizer, data, cfg, reference=fp.reference).rows, "all")
+    same = by_metric(tc.SUITE.evaluate(model, smol_tokenizer, data, s, reference=fp.reference).rows, "all")
     assert same["kl_to_fp"]["value"] == pytest.approx(0.0, abs=1e-5)
     assert same["top1_agree_fp"]["value"] == 1.0 and same["exact_match_fp"]["value"] == 1.0
 
-    other = by_metric(tc.SUITE.evaluate(perturbed(model, 0.5), smol_tokenizer, data, cfg, reference=fp.reference).rows, "all")
+    other = by_metric(tc.SUITE.evaluate(perturbed(model, 0.5), smol_tokenizer, data, s, reference=fp.reference).rows, "all")
     assert other["kl_to_fp"]["value"] > 1e-6  # a random model is near-uniform: small but non-zero
