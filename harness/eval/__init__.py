@@ -83,24 +83,3 @@ def prepare_all(names: Iterable[str], tok, cfg) -> dict[str, Any]:
 def evaluate(name: str, model, tok, data, cfg, reference=None) -> SuiteOutput:
     s = suite(name)
     return s.evaluate(model, tok, data, s.settings(cfg), reference=reference)
-
-
-@dataclass
-class FullConfigSuite:
-    """Transitional: the old ``get(name).prepare(tok, cfg)`` / ``.evaluate(model, tok, data, cfg,
-    reference=...)`` spelling, whole config in, for callers not yet moved to the functions above."""
-    name: str
-
-    def check_installed(self) -> None:
-        check_installed(self.name)
-
-    def prepare(self, tok, cfg):
-        return prepare(self.name, tok, cfg)
-
-    def evaluate(self, model, tok, data, cfg, reference=None) -> SuiteOutput:
-        return evaluate(self.name, model, tok, data, cfg, reference)
-
-
-def get(name: str) -> FullConfigSuite:
-    suite(name)  # an unknown name fails here, naming the choices
-    return FullConfigSuite(name)

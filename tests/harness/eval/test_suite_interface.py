@@ -53,16 +53,13 @@ def test_pipeline_functions_equal_the_suite_calls(smol_tokenizer, tmp_path):
     s = perplexity.SUITE.settings(cfg)
     direct = perplexity.SUITE.evaluate(model, smol_tokenizer, perplexity.SUITE.prepare(smol_tokenizer, s), s)
     via = suites.evaluate("perplexity", model, smol_tokenizer, prepared["perplexity"], cfg)
-    old = suites.get("perplexity")  # the transitional whole-config spelling
-    legacy = old.evaluate(model, smol_tokenizer, old.prepare(smol_tokenizer, cfg), cfg, reference=None)
-    assert via.rows == direct.rows == legacy.rows
-    assert torch.equal(prepared["perplexity"][0].windows, old.prepare(smol_tokenizer, cfg)[0].windows)
+    assert via.rows == direct.rows
+    assert torch.equal(prepared["perplexity"][0].windows, suites.prepare("perplexity", smol_tokenizer, cfg)[0].windows)
 
 
 def test_check_installed_reaches_the_suite(monkeypatch):
     calls = []
     monkeypatch.setattr(code.SUITE, "check_installed", lambda: calls.append("code"), raising=False)
     suites.check_installed("code")
-    suites.get("code").check_installed()
     suites.check_installed("perplexity")  # no data package: nothing to check
-    assert calls == ["code", "code"]
+    assert calls == ["code"]
