@@ -7,19 +7,26 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
-from harness import report, results
+from harness import blocks, experiments, report, results
+
+
+def report_blocks(rows: pd.DataFrame, layers: pd.DataFrame, cfg, title: str) -> list[blocks.Block]:
+    """A study's own sections, or the decision report of the variants."""
+    if experiments.selected(cfg):
+        return experiments.study_blocks(rows, title)
+    return report.build(rows, title, figures=False, layers=None if layers.empty else layers)
 
 
 def write(rows: pd.DataFrame, layers: pd.DataFrame, cfg, out_dir: Path) -> None:
     out_dir = Path(out_dir)
-    results.write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    title = f"Study {cfg.experiment.name}: run {out_dir.name}" if experiments.selected(cfg) else f"Run {out_dir.name}"
     if not layers.empty:
         results.atomic_write(out_dir / results.LAYERS_FILE, lambda tmp: layers.to_parquet(tmp, index=False))
-    results.write(rows, out_dir)  # last: results.csv marks the run directory complete
-    text = report.render(rows, title=f"Run {out_dir.name}")
-    results.write_text(out_dir / "report.md", text)
+    written = blocks.write_run(rows, OmegaConf.to_yaml(cfg, resolve=True), out_dir,
+                               report_blocks(rows, layers, cfg, title), title)
     table = results.comparison(rows)
     print()
     print(results.markdown_table(table) if not table.empty else "(no perplexity rows)")
-    print(f"\n[harness] wrote {out_dir}/results.csv, results.parquet, report.md"
-          f"{', ' + results.LAYERS_FILE if not layers.empty else ''}; every variant is in {cfg.store_dir}")
+    names = [p.name for p in written] + ([results.LAYERS_FILE] if not layers.empty else [])
+    print(f"\n[harness] wrote {', '.join(names)} and results.csv/.parquet in {out_dir}; "
+          f"every variant is in the store {cfg.store_dir}")

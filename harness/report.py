@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Callable
 
 import pandas as pd
-from omegaconf import OmegaConf
 
 from harness import blocks, decide, experiments, results, store
 from harness.blocks import Block
@@ -353,21 +352,6 @@ def build(df: pd.DataFrame, title: str = "quant-harness decision report", figure
 def render(df: pd.DataFrame, title: str = "quant-harness report", layers: pd.DataFrame | None = None) -> str:
     """The Markdown report without figures (what each run directory gets)."""
     return blocks.to_markdown(build(df, title, figures=False, layers=layers), plots_dir=None)
-
-
-def write_run_outputs(df, cfg, out_dir: Path) -> None:
-    """A plain run's directory (through blocks.write_run, as a study's), then the store."""
-    out_dir = Path(out_dir)
-    title = f"Run {out_dir.name}"
-    layers_file = out_dir / results.LAYERS_FILE  # written beside the results by the run, when it has any
-    layers = pd.read_parquet(layers_file) if layers_file.is_file() else None
-    blocks.write_run(df, OmegaConf.to_yaml(cfg, resolve=True), out_dir,
-                     build(df, title, figures=False, layers=layers), title)
-    stored = store.append(df, cfg.store_dir, cfg.method.name)  # last: its presence marks the run complete
-    table = results.comparison(df)
-    print()
-    print(results.markdown_table(table) if not table.empty else "(no perplexity rows)")
-    print(f"\n[harness] wrote {out_dir}/results.csv, results.parquet, report.md; stored {stored}")
 
 
 def load_rows(runs: list[str], store_dir: str | None, model: str | None, method: str | None) -> pd.DataFrame:

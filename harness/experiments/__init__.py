@@ -6,9 +6,6 @@ list[harness.blocks.Block]``; the decision report (harness.report) shows the sam
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
-
-from omegaconf import OmegaConf
 
 from harness import blocks
 from harness.blocks import Block
@@ -72,13 +69,3 @@ def study_blocks(df, title: str) -> list[Block]:
 
 def render(df, title: str) -> str:
     return blocks.to_markdown(study_blocks(df, title), plots_dir=None)
-
-
-def write_outputs(df, cfg, out_dir: Path) -> None:
-    """A study's run directory, through the same writer as a plain run's (blocks.write_run)."""
-    out_dir = Path(out_dir)
-    title = f"Study {cfg.experiment.name}: run {out_dir.name}"
-    report = study_blocks(df, title)
-    blocks.write_run(df, OmegaConf.to_yaml(cfg, resolve=True), out_dir, report, title)
-    print("\n" + blocks.to_markdown(report, plots_dir=None))
-    print(f"[harness] wrote {out_dir}/results.csv, results.parquet, report.md")

@@ -14,7 +14,6 @@ from omegaconf import OmegaConf
 import methods
 from harness import blocks
 from harness import calib as calib_mod
-from harness import results
 from harness.blocks import Block
 from harness.errors import HarnessError
 from harness.plan import Variant, method_config

@@ -11,7 +11,8 @@ from harness.config import register_configs
 from harness.data import EVAL_DIR
 from harness.errors import HarnessError
 from harness.experiments import calib_matrix, salience
-from harness.experiments.session import Session
+from harness import plan as plan_mod
+from harness import session as session_mod
 from tests.conftest import tiny_model
 
 SALIENT = list(range(8))  # planted outlier activation channels
@@ -43,14 +44,21 @@ def planted_llama_dir(tmp_path_factory, smol_tokenizer):
 
 
 def tiny_overrides(model_dir, tmp_path, *extra):
-    return ["model=path", f"model.path={model_dir}", f"cache_dir={tmp_path / 'cache'}", "calib.n_samples=8",
+    return ["model=path", f"model.path={model_dir}", f"cache_dir={tmp_path / 'cache'}", f"store_dir={tmp_path / 'store'}",
+            "calib.n_samples=8",
             "calib.seqlen=64", "eval.seqlen=128", "eval.max_windows=2", *extra]
+
+
+def run_study(cfg):
+    """A study as the CLI runs it: its plan through the session; the combined rows."""
+    outcomes = session_mod.run(cfg, experiments.plan(cfg), "run", resume=False)
+    return session_mod.combined(outcomes)[0]
 
 
 def test_salience_study_ranks_activation_over_weight_over_random(planted_llama_dir, tmp_path):
     cfg = compose_cfg("+experiment=salience", *tiny_overrides(planted_llama_dir, tmp_path),
                       "experiment.fractions=[0.125]", "experiment.eval_texts=[code_py]")
-    df = salience.run(cfg, tmp_path / "run")
+    df = run_study(cfg)
     err = df[df.suite == salience.ERROR_SUITE].set_index("keep_selector")["value"]
     assert err["activation"] < err["weight"] < err["random"] < err["none"]
     ppl = df[df.metric == "ppl_token"]
@@ -76,7 +84,7 @@ def test_calib_matrix_study_covers_sets_sizes_and_texts(tmp_path, tiny_llama_dir
     cfg = compose_cfg("+experiment=calib_matrix", *tiny_overrides(tiny_llama_dir, tmp_path),
                       "experiment.calib_sets=[prose,code]", "experiment.sizes=[4,8]", "calib=prose", "calib.n_samples=4",
                       "experiment.eval_texts=[code_py,prose_en]", "eval.max_windows=1")
-    df = calib_matrix.run(cfg, tmp_path / "run")
+    df = run_study(cfg)
     ppl = df[df.metric == "ppl_token"]
     assert set(ppl.task) == {"code_py", "prose_en"}
     q = ppl[~ppl.method.isin(["fp", "rtn"])]
@@ -102,17 +110,16 @@ def test_calib_matrix_study_covers_sets_sizes_and_texts(tmp_path, tiny_llama_dir
 def test_restore_brings_back_the_exact_original_weights(tmp_path, tiny_llama_dir):
     cfg = compose_cfg(*tiny_overrides(tiny_llama_dir, tmp_path), "+experiment=salience",
                       "experiment.eval_texts=[code_py]", "eval.max_windows=1")
-    session = Session.open(cfg)
+    variants = [plan_mod.Variant(plan_mod.method_config("awq"), cfg.calib),
+                plan_mod.Variant(plan_mod.method_config("rtn", {"quantize_lm_head": True}), cfg.calib)]
+    session = session_mod.Session.open(cfg, variants)
     before = models.fingerprint(session.model)
-    calib = torch.randint(0, 1000, (2, 32))
-    from types import SimpleNamespace
-
-    import methods
-    methods.get("awq").quantize(session.model, SimpleNamespace(input_ids=calib),
-                                calib_matrix.method_config("awq", cfg.method))
-    assert models.fingerprint(session.model) != before
-    session.restore()
-    assert models.fingerprint(session.model) == before
+    for v in variants:  # AWQ moves norms and Linears; an RTN head unties it from the embeddings
+        session.quantize(v)
+        assert models.fingerprint(session.model) != before
+        session.restore()
+        assert models.fingerprint(session.model) == before
+        assert session_mod.head_is_tied(session.model) == session.tied_head
 
 
 @pytest.mark.parametrize("overrides, needle", [
@@ -128,13 +135,13 @@ def test_restore_brings_back_the_exact_original_weights(tmp_path, tiny_llama_dir
 def test_bad_study_options_raise_one_clear_error(overrides, needle):
     cfg = compose_cfg(*overrides)
     with pytest.raises(HarnessError, match=needle.replace("(", r"\(").replace("[", r"\[")):
-        experiments.run(cfg, "unused")
+        experiments.plan(cfg)
 
 
 def test_unknown_eval_text_is_named_before_loading_a_model(tmp_path):
     cfg = compose_cfg("+experiment=salience", "experiment.eval_texts=[klingon]", f"cache_dir={tmp_path}")
     with pytest.raises(HarnessError, match="unknown eval text 'klingon' in experiment.eval_texts; shipped texts: code_py"):
-        experiments.run(cfg, tmp_path)
+        experiments.plan(cfg)
 
 
 @pytest.mark.parametrize("args, needle", [

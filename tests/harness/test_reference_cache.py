@@ -6,21 +6,21 @@ import torch
 from omegaconf import OmegaConf
 
 from harness.eval.perplexity import EvalText
-from harness.run import _reference_cache
+from harness.reference import cache_path
 
 CFG = OmegaConf.create({"cache_dir": "/cache", "eval": {"seqlen": 8}})
 KEY_SCRIPT = """
 import torch
 from omegaconf import OmegaConf
 from harness.eval.perplexity import EvalText
-from harness.run import _reference_cache
+from harness.reference import cache_path
 cfg = OmegaConf.create({"cache_dir": "/cache", "eval": {"seqlen": 8}})
-print(_reference_cache(cfg, "w", "perplexity", [EvalText("a", "a.txt", torch.arange(16).view(2, 8), 16)]))
+print(cache_path(cfg, "w", "perplexity", [EvalText("a", "a.txt", torch.arange(16).view(2, 8), 16)]))
 """
 
 
 def _key(windows):
-    return str(_reference_cache(CFG, "w", "perplexity", [EvalText("a", "a.txt", windows, 16)]))
+    return str(cache_path(CFG, "w", "perplexity", [EvalText("a", "a.txt", windows, 16)]))
 
 
 def test_key_is_stable_across_processes():

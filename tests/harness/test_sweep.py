@@ -33,28 +33,59 @@ def stored(root):
     return store.files(root / "results" / "store")
 
 
+def kill_when(proc, done, deadline_s=600):
+    deadline = time.monotonic() + deadline_s
+    while not done() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def methods_of(files):
+    return [pd.read_parquet(f).method.unique().tolist() for f in files]
+
+
 def test_sweep_killed_mid_way_resumes_without_duplicates(tiny_llama_dir, tmp_path):
     proc = subprocess.Popen(sweep_cmd(tiny_llama_dir), cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 600
-    while not stored(tmp_path) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGKILL)  # the second config is loading, quantizing or writing
-    proc.wait()
+    kill_when(proc, lambda: len(stored(tmp_path)) >= 2)  # FP and the first RTN config are stored
     done_before = stored(tmp_path)
-    assert 1 <= len(done_before) < len(BITS), "the sweep must be killed part-way"
-    for f in done_before:  # only whole runs are visible: FP reference + the method's row
-        assert sorted(pd.read_parquet(f).method) == ["fp", "rtn"]
+    assert 2 <= len(done_before) <= len(BITS), "the sweep must be killed part-way"
+    assert all(len(m) == 1 for m in methods_of(done_before))  # a store file is one whole variant
 
     r = subprocess.run(sweep_cmd(tiny_llama_dir), cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.count("[harness] skip: config") == len(done_before)
+    assert r.stdout.count("[harness] skip rtn: config") == len(done_before) - 1
     after = stored(tmp_path)
-    assert set(done_before) <= set(after) and len(after) == len(BITS)
+    assert set(done_before) <= set(after) and len(after) == len(BITS) + 1  # FP once, each width once
     rows = store.load(tmp_path / "results" / "store", history=True)
-    assert rows.config_hash.nunique() == len(BITS) and len(rows) == 2 * len(BITS)
+    assert len(rows) == len(BITS) + 1 and (rows.method == "fp").sum() == 1
     assert sorted(rows[rows.method == "rtn"].bits.astype(int).astype(str)) == BITS
     assert not rows.duplicated(subset=["config_hash", "method", "task", "metric"]).any()
+
+
+def test_variants_in_one_process_resume_after_kill(tiny_llama_dir, tmp_path):
+    """variants=[fp,rtn,awq,gptq]: one model load; killed after the second variant is stored, the rerun
+    redoes only the unfinished ones and still writes one results table with all four."""
+    cmd = [sys.executable, "-m", "harness", "variants=[fp,rtn,awq,gptq]", "method.bits=3", "hydra.run.dir=run",
+           *tiny_args(tiny_llama_dir)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    kill_when(proc, lambda: len(stored(tmp_path)) >= 2)
+    done_before = methods_of(stored(tmp_path))
+    assert [["fp"], ["rtn"]] == sorted(done_before) or len(done_before) == 3, done_before
+
+    r = subprocess.run(cmd, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("loaded path once") == 1 and "for 4 variant(s)" in r.stdout
+    assert r.stdout.count("[harness] skip ") == len(done_before)
+    table = pd.read_parquet(tmp_path / "run" / "results.parquet")
+    assert sorted(table.method.unique()) == ["awq", "fp", "gptq", "rtn"]
+    assert set(table[table.method != "fp"].bits.astype(int)) == {3}
+    rows = store.load(tmp_path / "results" / "store", history=True)
+    assert len(stored(tmp_path)) == 4 and not rows.duplicated(subset=["config_hash", "task", "metric"]).any()
+    layers = pd.read_parquet(tmp_path / "run" / "layers.parquet")
+    assert {"awq", "gptq"} - set(done_before[0] + done_before[-1]) <= set(layers.method)
 
 
 def test_two_job_sweep_through_submitit_local_launcher(tiny_llama_dir, tmp_path):
