@@ -1,4 +1,13 @@
-"""Quantization algorithms: pure torch, no Hydra, no harness. Importing this package registers the built-in methods."""
+"""Quantization algorithms: pure torch, no Hydra, no harness.
+
+Importing this package registers every method: each module of this package (and ``peers/``) is
+imported once, so adding a method is adding one file (README, "Adding a method")."""
+import importlib
+import pkgutil
+
 from methods.registry import (Method, MethodConfig, MethodError, QuantResult, UnknownMethodError,  # noqa: F401
                               available, entry, get, register, unregister)
-from methods import awq, fp, gptq, peers, rtn, salience  # noqa: F401,E402  (registration side effect; peers import lazily)
+
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from methods.capture import InputStats, LayerwiseRunner, layer_linears
 from methods.mappings import ArchMapping, ScaleGroup, mapping_for
-from methods.quantizer import QuantSpec, fake_quantize
+from methods.quantizer import QuantSpec, fake_quantize, group_absmax
 from methods.registry import Method, MethodConfig, QuantResult, register
 from methods.targets import fake_quantize_linears, peak_rss_mb, prepare_targets
 
@@ -89,7 +89,7 @@ def search_clip(weight: torch.Tensor, stats: InputStats, spec: QuantSpec, max_sh
     g = spec.group_len(in_f)
     ng = in_f // g
     blocks = stats.gram.view(ng, g, ng, g).diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # [ng, g, g]
-    absmax = W.view(out_f, ng, g).abs().amax(dim=-1)
+    absmax = group_absmax(W, spec)
     best_err = torch.full((out_f, ng), float("inf"), device=W.device)
     best_clip = absmax.clone()
     for i in range(max(1, int(max_shrink * n_grid))):

@@ -63,6 +63,11 @@ def _grouped(w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     return w.reshape(*w.shape[:-1], in_features // g, g)
 
 
+def group_absmax(w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """max |w| of every group, ``[..., out, n_groups]``: the largest clip a group can use."""
+    return _grouped(w.float(), spec).abs().amax(dim=-1)
+
+
 def compute_qparams(w: torch.Tensor, spec: QuantSpec, clip: torch.Tensor | None = None):
     """Per-group ``(scale, zero)`` for ``w``.
 

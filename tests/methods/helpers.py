@@ -4,13 +4,12 @@ from dataclasses import replace
 import torch
 
 from harness.calib import CalibSet
-from harness.config import SCHEMAS
+import methods
 
 
 def method_cfg(name: str, **kw):
     """The registered dataclass defaults for ``name`` with test-sized overrides."""
-    base = SCHEMAS["method"][name]()
-    return replace(base, **{"group_size": 16, "name": name, **kw})
+    return replace(methods.entry(name).default_config(), **{"group_size": 16, **kw})
 
 
 def random_calib(vocab: int = 256, n: int = 4, seqlen: int = 32, seed: int = 0, tokenizer=None) -> CalibSet:

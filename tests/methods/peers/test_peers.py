@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import methods
-from harness.errors import HarnessError
+from methods.registry import MethodError
 from methods.targets import target_linears
 from tests.conftest import tiny_model
 from tests.methods.helpers import method_cfg, random_calib
@@ -31,7 +31,7 @@ def test_missing_package_fails_with_one_install_line(name, monkeypatch):
     monkeypatch.setitem(sys.modules, PEERS[name], None)  # as if not installed
     model = tiny_model("llama", vocab_size=256)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(HarnessError) as e:
+    with pytest.raises(MethodError) as e:
         methods.get(name).quantize(model, random_calib(), method_cfg(name))
     msg = str(e.value)
     assert "\n" not in msg and f"method={name}" in msg
