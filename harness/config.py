@@ -159,7 +159,8 @@ class CalibMatrixConfig(ExperimentConfig):
 class SanityConfig:
     """The guard every quantized model passes before its numbers are reported (harness/sanity.py)."""
     enabled: bool = True
-    max_ppl_ratio: float = 10.0  # fail when probe perplexity exceeds this multiple of FP (any method)
+    max_ppl_ratio: float = 10.0  # fail when a variant's perplexity exceeds this multiple of FP's (probe or any suite)
+    fp_max_vs_uniform: float = 2.0  # fail when FP's probe perplexity exceeds this multiple of the vocabulary size
     probe_windows: int = 4  # windows of the first perplexity text scored after quantizing
 
 

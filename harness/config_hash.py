@@ -9,8 +9,9 @@ from omegaconf import OmegaConf
 import methods
 from harness import models
 
-# run-level settings that never change a number (where things are written, what is resumed, the plan)
-NOT_HASHED = ("cache_dir", "store_dir", "resume", "export", "variants")
+# run-level settings that never change a number (where things are written, what is resumed, the plan,
+# which numbers the guard refuses)
+NOT_HASHED = ("cache_dir", "store_dir", "resume", "export", "variants", "sanity")
 
 
 def config_hash(cfg) -> str:

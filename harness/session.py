@@ -47,6 +47,7 @@ class Session:
     fp_rows: list[dict]
     refs: dict
     started_at: str
+    guard: sanity.Guard | None = None
     snapshot: dict = field(repr=False, default_factory=dict)
     tied_head: bool = False
 
@@ -63,10 +64,11 @@ class Session:
               f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params) for {len(plan)} variant(s)")
         checks.check_loaded(model, plan, cfg.export)
         prepared = {name: suites.prepare(name, tok, cfg) for name in cfg.eval.suites}
+        guard = sanity.Guard.open(model, tok, prepared, cfg, cfg.model.name)  # a broken FP model stops here
         fp_rows, refs = evaluate_reference(model, tok, prepared, cfg)
         # a CPU copy of the original weights: restoring it is much cheaper than reloading the model
         snapshot = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        return cls(cfg, model, tok, prepared, fp_rows, refs, started, snapshot, head_is_tied(model))
+        return cls(cfg, model, tok, prepared, fp_rows, refs, started, guard, snapshot, head_is_tied(model))
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -86,6 +88,15 @@ class Session:
             rows += [{"eval_seconds": seconds, **r, "suite": name} for r in out.rows]
         return rows
 
+    def evaluate_checked(self, method: str) -> list[dict]:
+        """The suites on a quantized model that passed the guard, and only rows the guard accepts."""
+        if self.guard is None:
+            return self.evaluate()
+        print(f"[harness] {method}: {self.guard.check_model(self.model, method).summary()}")
+        rows = self.evaluate()
+        self.guard.check_rows(rows, self.fp_rows, method)
+        return rows
+
     def quantize(self, v: Variant):
         """The variant's method on pristine weights, with its calibration windows when it reads any."""
         self.restore()
@@ -103,10 +114,7 @@ class Session:
         if v.entry.reference:
             rows = [dict(r) for r in self.fp_rows]
         else:
-            guard = sanity.check(self.model, self.tok, self.prepared, self.fp_rows, self.cfg, v.name)
-            if guard is not None:
-                print(f"[harness] {v.name}: {guard.summary()}")
-            rows = self.evaluate()
+            rows = self.evaluate_checked(v.name)
         rows += [dict(r) for r in result.rows]  # what the method measured itself (e.g. salience's output error)
         tags = self.variant_columns(v, run_id, result, calib)
         frame = results.to_frame([{**tags, **r} for r in rows])

@@ -1,6 +1,6 @@
+import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -9,10 +9,8 @@ from harness import sanity
 from harness.config import EvalConfig, HarnessConfig, SanityConfig
 from harness.data import EVAL_DIR
 from harness.errors import HarnessError
-from harness.eval import perplexity, scoring
+from harness.eval import perplexity
 from tests.conftest import tiny_model
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _cfg(**sanity_kw):
@@ -25,41 +23,8 @@ def prepared(smol_tokenizer):
     return {"perplexity": [perplexity.prepare(EVAL_DIR / "prose_en.txt", smol_tokenizer, 64, cfg.eval.max_windows)]}
 
 
-def _fp_rows(model, prepared, with_samples=False):
-    text = prepared["perplexity"][0]
-    per_window = scoring.window_nll(model, text.windows, 3)
-    row = perplexity.summarize(per_window, text.windows.shape[1] - 1)
-    row.update(task=text.task, metric="ppl_token", suite="perplexity")
-    if with_samples:
-        row["samples"] = (per_window / (text.windows.shape[1] - 1)).tolist()
-    return [row]
-
-
-def test_healthy_model_passes_and_matches_fp_on_the_same_windows(smol_tokenizer, prepared):
-    model = tiny_model("llama")
-    rows = _fp_rows(model, prepared, with_samples=True)
-    res = sanity.check(model, smol_tokenizer, prepared, rows, _cfg(probe_windows=4), "rtn")
-    assert res.windows == 4 and res.task == "prose_en"
-    assert res.ppl == pytest.approx(res.fp_ppl, rel=1e-6)  # same weights, same 4 windows
-    assert res.bound == pytest.approx(10 * res.fp_ppl)
-    assert "prose_en" in res.summary()
-
-
-def test_without_samples_the_whole_text_fp_perplexity_is_the_reference(smol_tokenizer, prepared):
-    model = tiny_model("llama")
-    rows = _fp_rows(model, prepared)
-    res = sanity.check(model, smol_tokenizer, prepared, rows, _cfg(), "rtn")
-    assert res.fp_ppl == rows[0]["value"]
-
-
-def test_nan_logits_fail_with_one_line(smol_tokenizer, prepared):
-    model = tiny_model("llama")
-    rows = _fp_rows(model, prepared)
-    with torch.no_grad():
-        model.model.layers[1].mlp.down_proj.weight[0, 0] = float("nan")
-    with pytest.raises(HarnessError) as e:
-        sanity.check(model, smol_tokenizer, prepared, rows, _cfg(), "gptqmodel_gptq")
-    assert "method=gptqmodel_gptq" in str(e.value) and "NaN/inf" in str(e.value) and "\n" not in str(e.value)
+def _guard(model, tok, prepared, **kw):
+    return sanity.Guard.open(model, tok, prepared, _cfg(**kw), "tiny")
 
 
 def _garble(model):
@@ -68,43 +33,109 @@ def _garble(model):
         model.lm_head.weight.mul_(30)
 
 
-def test_perplexity_far_above_fp_fails(smol_tokenizer, prepared):
+def test_healthy_model_passes_against_fp_on_the_same_windows(smol_tokenizer, prepared):
     model = tiny_model("llama")
-    rows = _fp_rows(model, prepared)
-    _garble(model)
-    with pytest.raises(HarnessError, match=r"sanity.max_ppl_ratio=10\b"):
-        sanity.check(model, smol_tokenizer, prepared, rows, _cfg(), "awq")
-    # no limit lets the same model through
-    assert sanity.check(model, smol_tokenizer, prepared, rows, _cfg(max_ppl_ratio=float("inf")), "awq") is not None
+    guard = _guard(model, smol_tokenizer, prepared, probe_windows=4)
+    res = guard.check_model(model, "rtn")
+    assert res.windows == 4 and res.task == "prose_en"
+    assert res.ppl == pytest.approx(res.fp_ppl, rel=1e-6)  # same weights, same 4 windows
+    assert res.bound == pytest.approx(10 * res.fp_ppl)
+    assert "prose_en" in res.summary()
 
 
-def test_without_perplexity_suite_the_bound_is_uniform_guessing(smol_tokenizer):
+def test_variant_with_nan_logits_fails_naming_the_method(smol_tokenizer, prepared):
     model = tiny_model("llama")
-    res = sanity.check(model, smol_tokenizer, {}, [], _cfg(probe_windows=2), "rtn")
-    assert res.fp_ppl is None and res.bound == 10 * model.config.vocab_size and res.windows == 2
+    guard = _guard(model, smol_tokenizer, prepared)
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight[0, 0] = float("nan")
+    with pytest.raises(HarnessError) as e:
+        guard.check_model(model, "gptqmodel_gptq")
+    msg = str(e.value)
+    assert "method=gptqmodel_gptq" in msg and "NaN/inf" in msg and "quantized weights" in msg and "\n" not in msg
+
+
+def test_variant_far_above_fp_fails(smol_tokenizer, prepared):
+    model = tiny_model("llama")
+    guard = _guard(model, smol_tokenizer, prepared)
     _garble(model)
-    with pytest.raises(HarnessError, match="perplexity of guessing uniformly"):
-        sanity.check(model, smol_tokenizer, {}, [], _cfg(probe_windows=2), "rtn")
+    with pytest.raises(HarnessError, match=r"method=awq .*sanity.max_ppl_ratio=10\b"):
+        guard.check_model(model, "awq")
+    assert _guard(tiny_model("llama"), smol_tokenizer, prepared, max_ppl_ratio=float("inf")).check_model(model, "awq")
+
+
+def test_broken_fp_model_is_refused_and_named(smol_tokenizer, prepared):
+    nan_model = tiny_model("llama")
+    with torch.no_grad():
+        nan_model.model.layers[0].self_attn.q_proj.weight[3, 5] = float("nan")
+    with pytest.raises(HarnessError, match=r"the FP model \(fp, model=tiny\) produced NaN/inf .* its own weights"):
+        _guard(nan_model, smol_tokenizer, prepared)
+    garbage = tiny_model("llama")
+    _garble(garbage)
+    with pytest.raises(HarnessError, match=r"the FP model .* guessing uniformly over 49152 tokens"):
+        _guard(garbage, smol_tokenizer, prepared)
+
+
+def test_without_perplexity_suite_the_guard_scores_its_own_probe_for_fp(smol_tokenizer):
+    model = tiny_model("llama")
+    guard = _guard(model, smol_tokenizer, {}, probe_windows=2)
+    assert guard.windows.shape[0] == 2 and guard.fp_ppl > 1
+    _garble(model)
+    with pytest.raises(HarnessError, match="x the FP perplexity"):
+        guard.check_model(model, "rtn")
+
+
+def test_rows_of_any_suite_far_above_fp_are_refused(smol_tokenizer, prepared):
+    guard = _guard(tiny_model("llama"), smol_tokenizer, prepared)
+    fp = [{"suite": "multilingual", "task": "de", "metric": "ppl_token", "value": 39.6},
+          {"suite": "json", "task": "json", "metric": "json_valid", "value": 0.9}]
+    ok = [{"suite": "multilingual", "task": "de", "metric": "ppl_token", "value": 80.0},
+          {"suite": "json", "task": "json", "metric": "json_valid", "value": 0.0}]
+    guard.check_rows(ok, fp, "rtn")  # 2x FP, and scores are not perplexities
+    bad = [{"suite": "multilingual", "task": "de", "metric": "ppl_token", "value": 119344.0}]
+    with pytest.raises(HarnessError, match=r"method=rtn has ppl_token 1\.193e\+05 on multilingual/de"):
+        guard.check_rows(bad, fp, "rtn")
+    with pytest.raises(HarnessError):
+        guard.check_rows([{**bad[0], "value": float("nan")}], fp, "rtn")
 
 
 def test_disabled_guard_checks_nothing(smol_tokenizer, prepared):
     model = tiny_model("llama")
     with torch.no_grad():
         model.lm_head.weight.fill_(float("nan"))
-    assert sanity.check(model, smol_tokenizer, prepared, [], _cfg(enabled=False), "rtn") is None
+    assert _guard(model, smol_tokenizer, prepared, enabled=False) is None
 
 
-def test_cli_stops_before_reporting_a_model_that_fails_the_guard(tiny_llama_dir, tmp_path):
-    out = tmp_path / "OUT"
-    r = subprocess.run(
-        [sys.executable, "-m", "harness", "method=rtn", "model=path", f"model.path={tiny_llama_dir}",
+def run_cli(tmp_path, model_dir, *extra):
+    return subprocess.run(
+        [sys.executable, "-m", "harness", "method=rtn", "model=path", f"model.path={model_dir}",
          "eval=perplexity", f"eval.texts=[{EVAL_DIR / 'prose_en.txt'}]", "eval.seqlen=64", "eval.max_windows=4",
-         "calib.n_samples=2", "calib.seqlen=32", "sanity.max_ppl_ratio=0.5", f"hydra.run.dir={out}",
-         f"cache_dir={tmp_path / 'cache'}", f"store_dir={tmp_path / 'store'}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+         "calib.n_samples=2", "calib.seqlen=32", f"hydra.run.dir={tmp_path / 'OUT'}",
+         f"cache_dir={tmp_path / 'cache'}", f"store_dir={tmp_path / 'store'}", *extra],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
+
+
+def assert_stopped(r, tmp_path, needle):
     assert r.returncode == 2, r.stderr[-2000:]
     last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: sanity check failed: method=rtn") and "sanity.max_ppl_ratio=0.5" in last
+    assert last.startswith("error: sanity check failed: ") and needle in last, last
     assert "Traceback" not in r.stderr
-    assert not (out / "results.csv").exists()
+    assert not (tmp_path / "OUT" / "results.csv").exists()
+    assert not list((tmp_path / "store").rglob("rtn/*.parquet"))  # nothing of the variant stored
+
+
+def test_cli_stops_before_reporting_a_variant_that_fails_the_guard(tiny_llama_dir, tmp_path):
+    r = run_cli(tmp_path, tiny_llama_dir, "sanity.max_ppl_ratio=0.5")
+    assert_stopped(r, tmp_path, "method=rtn")
+    assert "sanity.max_ppl_ratio=0.5" in r.stderr
+
+
+def test_cli_stops_on_a_broken_fp_model_before_any_suite(tmp_path, smol_tokenizer):
+    model = tiny_model("llama")
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight[:15, 0] = 1e4  # a few huge weights, as in a corrupted file
+        model.lm_head.weight.mul_(30)
+    model.save_pretrained(tmp_path / "broken")
+    smol_tokenizer.save_pretrained(tmp_path / "broken")
+    r = run_cli(tmp_path, tmp_path / "broken")
+    assert_stopped(r, tmp_path, "the FP model (fp, model=path)")
