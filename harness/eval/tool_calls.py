@@ -262,17 +262,22 @@ def _answer_type(allowed: list):
 
 def _type_ok(value, expected: type, item_type: type | None, allowed: list) -> tuple[bool, bool]:
     """(valid, is_variable). A value of the ground truth's own type (e.g. a variable name written as a
-    string where a number is declared) is accepted as a variable, as BFCL does."""
+    string where a number is declared) is accepted as a variable, as BFCL does. A list's items must
+    have the declared item type (or the type of that alternative's items; ints are not floats here)
+    for some alternative; an alternative that is not a list ("" for optional) bounds no item. A list
+    that fails the item check is rejected, as BFCL's ``type_checker`` does."""
     answer_type = _answer_type(allowed)
     is_variable = answer_type is not None and answer_type is not expected
     if type(value) is expected:
         if item_type is None:
             return True, is_variable
         for alt in allowed:
-            if isinstance(alt, list):
-                alt_type = _answer_type(alt)
-                if all(type(v) is item_type or (alt_type is not None and type(v) is alt_type) for v in value):
-                    return True, is_variable
+            if not isinstance(alt, list):
+                return True, is_variable
+            alt_type = _answer_type(alt)
+            if all(type(v) is item_type or (alt_type is not None and type(v) is alt_type) for v in value):
+                return True, is_variable
+        return False, False
     if answer_type is not None and type(value) is answer_type:
         return True, True
     return False, False
@@ -289,15 +294,17 @@ def _dict_ok(value: dict, alternatives: list) -> bool:
 
 
 def _value_ok(value, expected: type, item_type, allowed: list) -> bool:
+    """BFCL's value checks. A list alternative that is a string is compared item by character, as
+    BFCL's ``list_checker`` does: so "" (optional) matches an empty list, here and for lists of dicts."""
     if expected is dict:
         return _dict_ok(value, allowed)
     if expected is list and item_type is dict:
-        return any(isinstance(alt, list) and len(alt) == len(value) and all(_dict_ok(v, [a]) for v, a in zip(value, alt))
+        return any(isinstance(alt, (list, str)) and len(alt) == len(value) and all(_dict_ok(v, [a]) for v, a in zip(value, alt))
                    for alt in allowed)
     if expected is str:
         return normalize_string(value) in [normalize_string(a) for a in allowed if isinstance(a, str)]
     if expected is list:
-        return [_norm(v) for v in value] in [[_norm(a) for a in alt] for alt in allowed if isinstance(alt, list)]
+        return [_norm(v) for v in value] in [[_norm(a) for a in alt] for alt in allowed if isinstance(alt, (list, str))]
     return value in allowed
 
 
@@ -320,7 +327,7 @@ def match_call(func: dict, call: dict, expected: dict) -> str | None:
         decl = props[p]
         expected_type = PYTHON_TYPES.get(decl.get("type"), str)
         item_type = PYTHON_TYPES.get(decl.get("items", {}).get("type")) if decl.get("type") in ("array", "tuple") else None
-        if isinstance(value, tuple):
+        if isinstance(value, tuple) and decl.get("type") == "tuple":  # only there, as BFCL: a tuple is no "array"
             value = list(value)
         if expected_type is float and type(value) is int:  # Python's implicit int -> float, as BFCL allows
             value = float(value)
