@@ -49,6 +49,12 @@ or both steps at once (``run`` = ``generate``, then ``check`` in the other venv 
     .venv/bin/python -m harness.tools.bfcl_agreement run --bfcl-python /tmp/bfcl-venv/bin/python
 
 ``check`` exits 1 when any case disagrees, 0 otherwise.
+
+Known differences, by design, that the default cases do not exercise: our scorer accepts "." or "_"
+in each call's name independently, BFCL one spelling per model config, so one answer that mixes the
+two spellings is valid for us and for neither BFCL config. Both scorers assign parallel calls
+greedily (each expected call takes the first unmatched call that satisfies it), so an answer whose
+calls omit optional arguments can be rejected by both although a matching order exists.
 """
 from __future__ import annotations
 
