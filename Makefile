@@ -17,8 +17,20 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --no-deps "bfcl-eval==2026.3.23"
 	touch $@
 
-.PHONY: install run test sweep clean
-install: $(VENV)/.installed
+# bubblewrap gives the code suite's sandbox a private filesystem (harness/eval/sandbox.py); installed
+# where we are root and have apt-get, otherwise the sandbox falls back to weaker isolation
+sandbox-tools:
+	@command -v bwrap >/dev/null 2>&1 && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -qq --no-install-recommends bubblewrap >/dev/null 2>&1 || \
+		{ apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends bubblewrap >/dev/null 2>&1; }; \
+	fi; \
+	command -v bwrap >/dev/null 2>&1 || \
+		echo "note: bubblewrap (bwrap) is not installed; the code suite's sandbox falls back to weaker isolation"
+
+.PHONY: install sandbox-tools run test sweep clean
+install: $(VENV)/.installed sandbox-tools
 
 run: install
 	$(PY) -m harness $(ARGS)

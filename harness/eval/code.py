@@ -27,7 +27,7 @@ from harness.eval import SuiteOutput
 from harness.eval.fidelity import metric_row
 from harness.eval.generation import render_chat
 from harness.eval.generation_suite import GenerationJob, evaluate_generation
-from harness.eval.sandbox import run_python
+from harness.eval.sandbox import LEVELS, isolation_level, run_python
 from harness.eval.views import GenerationSettings, generation_settings, view
 
 TASK = "humaneval"
@@ -119,11 +119,15 @@ def checked_program(problem: Problem, program: str) -> str:
 
 
 def pass_rows(problems: list[Problem], outputs: list[str], sandbox) -> list[dict]:
-    """``pass@1``: each greedy completion run against its problem's tests in the sandbox."""
+    """``pass@1``: each greedy completion run against its problem's tests in the sandbox. The row's
+    ``sandbox`` column records the isolation level the programs ran under."""
+    level = isolation_level()
+    weaker = "" if level == LEVELS[0] else " (no private filesystem: install bubblewrap for the strongest level)"
+    print(f"[harness] code: executing {len(problems)} completions in the {level} sandbox{weaker}")
     passed = []
-    for p, out in tqdm(list(zip(problems, outputs)), desc="humaneval execute", unit="problem", leave=False):
-        passed.append(float(run_python(checked_program(p, extract_program(p, out)), sandbox).passed))
-    return [metric_row(TASK, "pass@1", passed, binary=True)]
+    for p, out in tqdm(list(zip(problems, outputs)), desc=f"humaneval execute ({level})", unit="problem", leave=False):
+        passed.append(float(run_python(checked_program(p, extract_program(p, out)), sandbox, level).passed))
+    return [{**metric_row(TASK, "pass@1", passed, binary=True), "sandbox": level}]
 
 
 @dataclass

@@ -1,21 +1,28 @@
 """Run untrusted Python (model-written code and its tests) in a separate, confined process.
 
-Layers, strongest available first:
-- Namespaces (root, or unprivileged user namespaces): ``unshare --net --pid --fork --kill-child`` gives
-  the program no network interfaces and its own PID namespace. The harness is not visible from
-  inside (no ``os.kill`` of it), and killing the ``unshare`` process kills every process inside,
-  including forks that left the process group.
+Isolation levels, strongest first; :func:`isolation_level` probes once per process and picks the
+first that works here, and every result records the level it ran under:
+
+- ``bwrap`` (bubblewrap; as root it runs privileged, otherwise in a user namespace): new mount, PID,
+  network and IPC namespaces. The child sees a private filesystem: the system directories
+  (``/usr`` ...) and the Python installation read-only, the program file read-only, a fresh
+  ``/proc`` and ``/dev``, and ONE writable tmpfs at ``/dev/shm`` of ``max_file_mb`` in total (the
+  same number bounds each file), which ``/tmp`` and the working directory point into. The
+  repository, home directories, ``/root`` (but the interpreter), ``/etc`` (but the loader cache) and
+  ``/var`` are not there. Everything it writes vanishes with it.
+- ``unshare``: network and PID namespaces only; the host filesystem is visible (writable where
+  ``nobody`` may write, e.g. ``/tmp``).
+- ``rlimits``: no namespaces; the in-process guard below is all there is.
+
+At every level:
 - Privilege drop (when the harness runs as root): ``setpriv`` runs the program as ``nobody``, so it
   cannot write to root-owned files and RLIMIT_NPROC is enforced (root ignores it).
-- In-process guard (always): before the program runs, a trusted prologue sets rlimits (address space,
-  CPU seconds, processes, file size, open files, no core dumps) and installs an audit hook that
-  refuses socket creation and signals to other processes, the fallback where namespaces are missing.
-- The program runs in a fresh temporary directory with a scrubbed environment (``python -I -S``: no
-  PYTHON* variables, no site-packages, no user site); the directory is deleted afterwards.
-- A wall-clock timeout kills the whole process group.
-
-World-writable directories (/tmp, /dev/shm) stay writable for ``nobody``; everything owned by the
-harness's user is not.
+- In-process guard: before the program runs, a trusted prologue sets rlimits (address space, CPU
+  seconds, processes, file size, open files, no core dumps) and installs an audit hook that refuses
+  socket creation and signals to other processes.
+- A scrubbed environment (``python -I -S``: no PYTHON* variables, no site-packages, no user site),
+  a fresh working directory deleted afterwards, and a wall-clock timeout that kills the whole
+  process group (and, with a PID namespace, everything inside it).
 """
 from __future__ import annotations
 
@@ -32,6 +39,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 NOBODY = 65534
+MB = 1024 * 1024
+LEVELS = ("bwrap", "unshare", "rlimits")  # strongest first
+
+# Paths inside the bwrap sandbox. The one size-limited tmpfs sits at /dev/shm because bwrap's --dev
+# already makes that directory (a symlink cannot replace it); /tmp points there, so both share one quota.
+SCRATCH = "/dev/shm"
+PROGRAM = "/sandbox/program.py"
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 
 # Trusted prologue: runs first in the child, then executes the program file. Audit hooks cannot be
 # removed once added.
@@ -66,41 +81,122 @@ class SandboxResult:
     passed: bool
     reason: str  # "passed", "timeout", "failed: <last line of stderr>"
     seconds: float
+    level: str  # the isolation level it ran under (one of LEVELS)
 
 
 def _works(cmd: list[str]) -> bool:
     try:
-        return subprocess.run([*cmd, "true"], capture_output=True, timeout=10).returncode == 0
+        return subprocess.run(cmd, capture_output=True, timeout=10, cwd="/").returncode == 0
     except (OSError, subprocess.SubprocessError):
         return False
 
 
+def _interpreter() -> str:
+    """The real interpreter: a virtual environment's ``bin/python`` is a link into a directory the
+    bwrap sandbox does not show (the program imports nothing from site-packages anyway)."""
+    return os.path.realpath(sys.executable)
+
+
 @functools.lru_cache(maxsize=1)
-def isolation_prefix() -> tuple[str, ...]:
-    """The command prefix that confines the child here (cached per process)."""
-    if not shutil.which("unshare"):
-        return ()
-    ns = ["unshare", "--net", "--pid", "--fork", "--kill-child"]
+def _privilege_drop() -> tuple[str, ...]:
     if os.geteuid() == 0 and shutil.which("setpriv"):
-        drop = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
-        if _works([*ns, "--", *drop, "--"]):
-            return (*ns, "--", *drop, "--")
-    for prefix in (ns, ["unshare", "--map-root-user", *ns[1:]]):
-        if _works([*prefix, "--"]):
-            return (*prefix, "--")
+        return ("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--")
     return ()
 
 
+def _is_within(path: str, roots) -> bool:
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def _system_mounts() -> list[str]:
+    """Read-only system directories (symlinks such as a merged /usr's /lib -> usr/lib copied as such)
+    and the Python installation wherever it lives (e.g. under /root with pyenv)."""
+    args, shown = [], []
+    for d in SYSTEM_DIRS:
+        if os.path.islink(d):
+            args += ["--symlink", os.readlink(d), d]
+        elif os.path.isdir(d):
+            args += ["--ro-bind", d, d]
+            shown.append(d)
+    python_dirs = {os.path.realpath(p) for p in (sys.base_prefix, sys.base_exec_prefix)}
+    python_dirs.add(os.path.dirname(_interpreter()))
+    for d in sorted(python_dirs):  # sorted: a prefix comes before the directories inside it
+        if not _is_within(d, shown):
+            # bwrap would create the missing parents (/root ...) as 0700: nobody could not reach it
+            for parent in reversed(Path(d).parents[:-1]):
+                args += ["--perms", "0755", "--dir", str(parent)]
+            args += ["--ro-bind", d, d]
+            shown.append(d)
+    return args + ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+
+
+def _bwrap_prefix(scratch_bytes: int, program: Path | None) -> list[str]:
+    """bwrap arguments up to the command: namespaces, the read-only view, one writable tmpfs."""
+    args = ["bwrap", "--unshare-pid", "--unshare-net", "--die-with-parent",
+            # SysV shared memory would otherwise outlive the sandbox in the host's IPC namespace
+            "--unshare-ipc",
+            *_system_mounts(), "--proc", "/proc", "--dev", "/dev",
+            "--size", str(scratch_bytes), "--perms", "1777", "--tmpfs", SCRATCH, "--symlink", SCRATCH, "/tmp"]
+    if program is not None:
+        # bwrap would make the file's new parent directory 0700 (root's), unreadable for nobody
+        args += ["--perms", "0755", "--dir", os.path.dirname(PROGRAM), "--ro-bind", str(program), PROGRAM]
+    # without a user namespace these are root's and unwritable for nobody anyway; inside one they
+    # belong to the caller and would be unbounded writable space
+    args += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", "/tmp", "--"]
+    return args
+
+
+@functools.lru_cache(maxsize=1)
+def _unshare_prefix() -> tuple[str, ...] | None:
+    """``unshare`` arguments that give a network and PID namespace here, or None."""
+    if not shutil.which("unshare"):
+        return None
+    ns = ("unshare", "--net", "--pid", "--fork", "--kill-child")
+    for prefix in (ns, ("unshare", "--map-root-user", *ns[1:])):
+        if _works([*prefix, "--", *_privilege_drop(), "true"]):
+            return (*prefix, "--")
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def available_levels() -> tuple[str, ...]:
+    """The levels (of LEVELS, strongest first) that work on this machine, probed once per process;
+    bwrap by running a trivial program exactly as a real one would run."""
+    found = []
+    if shutil.which("bwrap") and _works([*_bwrap_prefix(MB, None), *_privilege_drop(), _interpreter(),
+                                         "-I", "-S", "-c", "pass"]):
+        found.append("bwrap")
+    if _unshare_prefix() is not None:
+        found.append("unshare")
+    return (*found, "rlimits")
+
+
+def isolation_level() -> str:
+    """The strongest level that works here: what :func:`run_python` uses unless told otherwise."""
+    return available_levels()[0]
+
+
 def _rlimits(cfg) -> dict[str, int]:
-    mb = 1024 * 1024
     return {
-        "RLIMIT_AS": cfg.memory_mb * mb,
+        "RLIMIT_AS": cfg.memory_mb * MB,
         "RLIMIT_CPU": cfg.cpu_seconds,
         "RLIMIT_NPROC": cfg.max_processes,
-        "RLIMIT_FSIZE": cfg.max_file_mb * mb,
+        "RLIMIT_FSIZE": cfg.max_file_mb * MB,
         "RLIMIT_NOFILE": cfg.max_open_files,
         "RLIMIT_CORE": 0,
     }
+
+
+def _command(level: str, cfg, workdir: Path) -> tuple[list[str], str]:
+    """(argv, the child's working directory as the child sees it)."""
+    if level == "bwrap":
+        prefix = _bwrap_prefix(cfg.max_file_mb * MB, workdir / "program.py")
+        interpreter, inside, program = _interpreter(), "/tmp", PROGRAM
+    else:
+        prefix = list(_unshare_prefix()) if level == "unshare" else []
+        interpreter, inside, program = sys.executable, str(workdir), str(workdir / "program.py")
+    return [*prefix, *_privilege_drop(), interpreter, "-I", "-S", "-c", _PROLOGUE, json.dumps(_rlimits(cfg)),
+            program], inside
 
 
 def _tail(path: Path, n: int = 2000) -> str:
@@ -117,39 +213,45 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def run_python(program: str, cfg) -> SandboxResult:
+def _failure(rc: int | None, stderr_path: Path) -> str:
+    lines = [ln for ln in _tail(stderr_path).splitlines() if ln.strip()]
+    why = lines[-1].strip() if lines else f"exit status {rc}"
+    if rc is not None and rc < 0:
+        why = f"killed by {signal.Signals(-rc).name}"
+    return f"failed: {why[:300]}"
+
+
+def run_python(program: str, cfg, level: str | None = None) -> SandboxResult:
     """Run ``program`` (Python source) confined by ``cfg`` (harness.config.SandboxConfig): passed iff it
-    exits with status 0 within ``cfg.wall_seconds``."""
-    prefix = isolation_prefix()
-    drops_privileges = "setpriv" in prefix
+    exits with status 0 within ``cfg.wall_seconds``. ``level`` (one of LEVELS) overrides the probed
+    :func:`isolation_level`; it must work here."""
+    level = level or isolation_level()
+    if level not in available_levels():
+        what = "not available here" if level in LEVELS else "unknown"
+        raise ValueError(f"sandbox level {level!r} is {what}; available here: {', '.join(available_levels())}")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="harness-sandbox-") as work, \
             tempfile.TemporaryDirectory(prefix="harness-sandbox-log-") as logs:
         workdir = Path(work)
         (workdir / "program.py").write_text(program, encoding="utf-8")
-        if drops_privileges:
+        os.chmod(workdir / "program.py", 0o644)  # whatever the umask: nobody reads it
+        if _privilege_drop() and level != "bwrap":  # under bwrap it works in its own tmpfs instead
             os.chown(workdir, NOBODY, NOBODY)
+        cmd, inside = _command(level, cfg, workdir)
+        env = {"PATH": "/usr/bin:/bin", "HOME": inside, "TMPDIR": inside, "LANG": "C.UTF-8"}
         stderr_path = Path(logs) / "stderr"
-        env = {"PATH": "/usr/bin:/bin", "HOME": str(workdir), "TMPDIR": str(workdir), "LANG": "C.UTF-8"}
-        cmd = [*prefix, sys.executable, "-I", "-S", "-c", _PROLOGUE, json.dumps(_rlimits(cfg)),
-               str(workdir / "program.py")]
         with open(stderr_path, "wb") as err:  # a file, not a pipe: output floods cannot fill our memory
             proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                     stderr=err, start_new_session=True)
             try:
                 rc = proc.wait(timeout=cfg.wall_seconds)
                 reason = "passed" if rc == 0 else None
-                if "--pid" not in prefix:  # without a PID namespace, leftovers live on in the group
+                if level == "rlimits":  # without a PID namespace, leftovers live on in the group
                     _kill_group(proc)
             except BaseException as e:
                 _kill_group(proc)
                 if not isinstance(e, subprocess.TimeoutExpired):
                     raise
                 rc, reason = None, "timeout"
-        if reason is None:
-            lines = [ln for ln in _tail(stderr_path).splitlines() if ln.strip()]
-            why = lines[-1].strip() if lines else f"exit status {rc}"
-            if rc is not None and rc < 0:
-                why = f"killed by {signal.Signals(-rc).name}"
-            reason = f"failed: {why[:300]}"
-    return SandboxResult(reason == "passed", reason, time.perf_counter() - t0)
+        reason = reason or _failure(rc, stderr_path)
+    return SandboxResult(reason == "passed", reason, time.perf_counter() - t0, level)

@@ -1,11 +1,15 @@
 """HumanEval suite: data, prompt shape, code extraction and sandboxed checking."""
+import os
+import shutil
+import uuid
+
 import pytest
 
 from harness.config import SandboxConfig
 from harness.errors import HarnessError
-from harness.eval.code import (FENCE, build_prompt, checked_program, extract_program, load_problems,
+from harness.eval.code import (FENCE, build_prompt, checked_program, extract_program, load_problems, pass_rows,
                                reference_answer)
-from harness.eval.sandbox import run_python
+from harness.eval.sandbox import isolation_level, run_python
 
 CFG = SandboxConfig()
 
@@ -56,3 +60,24 @@ def test_prompt_is_prefilled_with_a_fence(problems, smol_tokenizer):
     text = build_prompt(smol_tokenizer, problems[0])
     assert text.endswith("<|im_start|>assistant\n" + FENCE)
     assert problems[0].prompt in text
+
+
+def test_pass_rows_record_the_sandbox_level(problems, capsys):
+    rows = pass_rows(problems[:2], [reference_answer(p) for p in problems[:2]], CFG)
+    assert [(r["metric"], r["value"], r["n"], r["sandbox"]) for r in rows] == [("pass@1", 1.0, 2, isolation_level())]
+    assert f"in the {isolation_level()} sandbox" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
+def test_completion_writing_tmp_is_judged_by_its_asserts_alone(problems):
+    """A scratch file in /tmp is no crime (the sandbox's own /tmp takes it), but it must not reach the
+    host; pass or fail is the tests' verdict."""
+    p = problems[2]  # truncate_number
+    scratch = f"/tmp/qh-humaneval-{uuid.uuid4().hex}"
+
+    def body(op: str) -> str:
+        return f"    with open({scratch!r}, 'w') as f:\n        f.write(repr(number))\n    return number {op} 1.0\n"
+
+    assert passes(p, body("%"))
+    assert not passes(p, body("//"))
+    assert not os.path.exists(scratch)

@@ -1,14 +1,23 @@
 """The sandbox contains hostile programs: each ends as a failed sample, the test process survives and
-nothing outside the sandbox's own directory changes."""
+nothing outside the sandbox changes. The containment tests run at every isolation level that works
+here (the fallbacks included); the private-filesystem tests need bubblewrap."""
 import os
+import shutil
 import socket
+import tempfile
 import textwrap
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from harness.config import SandboxConfig
-from harness.eval.sandbox import isolation_prefix, run_python
+from harness.eval import sandbox
+from harness.eval.sandbox import LEVELS, available_levels, isolation_level, run_python
 
+REPO = Path(__file__).resolve().parents[3]
 CFG = SandboxConfig(wall_seconds=5.0, cpu_seconds=4, memory_mb=512, max_processes=32, max_file_mb=1,
                     max_open_files=32)
 
@@ -23,97 +32,122 @@ def check(candidate):
 check(add)
 '''
 
-
-def run(src: str):
-    return run_python(textwrap.dedent(src), CFG)
+needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
 
 
-def test_correct_program_passes():
-    r = run(ADD_OK)
-    assert r.passed and r.reason == "passed"
+@pytest.fixture(params=LEVELS)
+def level(request):
+    if request.param not in available_levels():
+        if request.param == "bwrap" and shutil.which("bwrap") is None:
+            pytest.skip("bubblewrap not installed")
+        if request.param != "bwrap":
+            pytest.skip(f"no {request.param} namespaces here")
+        # installed but unusable: test_bwrap_is_the_level_where_installed reports it once
+        pytest.skip("bubblewrap is installed but cannot create its namespaces here")
+    return request.param
 
 
-def test_wrong_program_fails_with_reason():
-    r = run(ADD_OK.replace("a + b", "a - b"))
+def run(src: str, level: str | None = None, cfg=CFG):
+    return run_python(textwrap.dedent(src), cfg, level)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+# --- containment, at every level -------------------------------------------------------------------
+
+def test_correct_program_passes(level):
+    r = run(ADD_OK, level)
+    assert r.passed and r.reason == "passed" and r.level == level
+
+
+def test_wrong_program_fails_with_reason(level):
+    r = run(ADD_OK.replace("a + b", "a - b"), level)
     assert not r.passed and r.reason.startswith("failed:") and "AssertionError" in r.reason
 
 
-def test_infinite_loop_times_out():
-    r = run("while True:\n    pass\n")
+def test_infinite_loop_times_out(level):
+    r = run("while True:\n    pass\n", level)
     assert not r.passed and r.reason in ("timeout", "failed: killed by SIGKILL", "failed: killed by SIGXCPU") \
         or "CPU" in r.reason
     assert r.seconds < CFG.wall_seconds + 5
 
 
-def test_sleeping_program_hits_wall_clock():
-    r = run("import time\ntime.sleep(60)\n")
+def test_sleeping_program_hits_wall_clock(level):
+    r = run("import time\ntime.sleep(60)\n", level)
     assert not r.passed and r.reason == "timeout"
 
 
-def test_fork_bomb_is_contained():
+def test_fork_bomb_is_contained(level):
     r = run("""
         import os
         while True:
             os.fork()
-    """)
+    """, level)
     assert not r.passed and ("BlockingIOError" in r.reason or r.reason == "timeout"), r.reason
-    assert os.getpid() > 0  # we are still here and can still start processes
-    assert run(ADD_OK).passed
+    assert run(ADD_OK, level).passed  # we are still here and can still start processes
 
 
-def test_huge_allocation_fails():
-    r = run("x = bytearray(10 * 1024 ** 3)\n")
+def test_huge_allocation_fails(level):
+    r = run("x = bytearray(10 * 1024 ** 3)\n", level)
     assert not r.passed and "MemoryError" in r.reason
 
 
-def test_cannot_write_outside_its_directory(tmp_path):
-    target = tmp_path / "escaped.txt"
+def test_cannot_write_host_files(level, tmp_path):
+    target = tmp_path / "escaped.txt"  # root's (or our user's) directory on the host
     r = run(f"""
         with open({str(target)!r}, "w") as f:
             f.write("pwned")
-    """)
-    assert not r.passed and "PermissionError" in r.reason
+    """, level)
+    # bwrap: the directory does not exist in there; elsewhere: it is not nobody's
+    assert not r.passed and ("PermissionError" in r.reason or "FileNotFoundError" in r.reason), r.reason
     assert not target.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_may_write_inside_its_directory():
+def test_may_write_inside_its_directory(level):
     r = run("""
         with open("scratch.txt", "w") as f:
             f.write("ok")
         assert open("scratch.txt").read() == "ok"
-    """)
-    assert r.passed
+    """, level)
+    assert r.passed, r.reason
 
 
-def test_file_size_limit():
+def test_file_size_limit(level):
     r = run("""
         with open("big.bin", "wb") as f:
             f.write(b"x" * (8 * 1024 * 1024))
-    """)
+    """, level)
     assert not r.passed and "File too large" in r.reason, r.reason
 
 
-def test_open_files_limit():
-    r = run("files = [open(f'f{i}', 'w') for i in range(100)]\n")
+def test_open_files_limit(level):
+    r = run("files = [open(f'f{i}', 'w') for i in range(100)]\n", level)
     assert not r.passed and "Too many open files" in r.reason, r.reason
 
 
-def test_environment_is_scrubbed(monkeypatch):
+def test_environment_is_scrubbed(level, monkeypatch):
     monkeypatch.setenv("HARNESS_TEST_SECRET", "hunter2")
     r = run("""
-        import os
+        import glob, os
         assert "hunter2" not in repr(dict(os.environ)), "secret leaked"
         assert "HARNESS_TEST_SECRET" not in os.environ
-    """)
-    assert r.passed  # the child ran and saw no secret
+        for path in glob.glob("/proc/[0-9]*/environ"):  # nor through another process, the parent's included
+            try:
+                assert b"hunter2" not in open(path, "rb").read(), path
+            except (PermissionError, ProcessLookupError, FileNotFoundError):
+                pass
+    """, level)
+    assert r.passed, r.reason  # the child ran and saw no secret
     r = run("""
         import os
         assert os.environ.get("HARNESS_TEST_SECRET") == "hunter2"
-    """)
+    """, level)
     assert not r.passed
 
 
-def test_no_network():
+def test_no_network(level):
     with socket.socket() as server:  # a listener the child would reach without the sandbox
         server.bind(("127.0.0.1", 0))
         server.listen(1)
@@ -121,24 +155,145 @@ def test_no_network():
         r = run(f"""
             import socket
             s = socket.create_connection(("127.0.0.1", {port}), timeout=2)
-        """)
+        """, level)
     assert not r.passed and ("Error" in r.reason), r.reason
 
 
-def test_cannot_kill_the_parent():
+def test_cannot_kill_the_parent(level):
     r = run(f"""
         import os, signal
         os.kill({os.getpid()}, signal.SIGKILL)
-    """)
+    """, level)
     assert not r.passed and ("PermissionError" in r.reason or "ProcessLookupError" in r.reason)
     # and we are alive to assert it
 
 
-def test_network_namespace_where_available():
-    if os.geteuid() == 0 and os.path.exists("/usr/bin/unshare"):
-        assert "--net" in isolation_prefix()
-        # if_nameindex opens its socket in C, past the audit hook: only the namespace hides the NICs
-        r = run("import socket\nassert [n for _, n in socket.if_nameindex()] == ['lo'], socket.if_nameindex()\n")
+def _processes_with(marker: str) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if marker.encode() in cmdline.read_bytes():
+                found.append(cmdline.parent.name)
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.parametrize("ending", ["exit", "timeout"])
+def test_no_process_outlives_the_program(level, ending):
+    if level == "rlimits":
+        pytest.skip("without a PID namespace a process that left the group survives (the documented fallback)")
+    marker = f"{time.time_ns() % 10 ** 9}.5"  # a unique argument to find the orphan by
+    r = run(f"""
+        import subprocess, time
+        subprocess.Popen(["sleep", "{marker}"], start_new_session=True)
+        time.sleep({60 if ending == "timeout" else 0})
+    """, level)
+    assert r.reason == ("timeout" if ending == "timeout" else "passed"), r.reason
+    deadline = time.monotonic() + 5
+    while _processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _processes_with(marker) == []
+
+
+# --- the level: probed once, recorded, forced ------------------------------------------------------
+
+def test_level_is_recorded_and_can_be_forced():
+    assert run(ADD_OK).level == isolation_level() == available_levels()[0]
+    assert available_levels()[-1] == "rlimits"
+    assert run(ADD_OK, "rlimits").level == "rlimits"
+    with pytest.raises(ValueError, match="sandbox level 'chroot' is unknown; available here"):
+        run(ADD_OK, "chroot")
+
+
+@pytest.mark.parametrize("why", ["not installed", "no namespaces"])
+def test_probe_falls_back_without_bubblewrap(monkeypatch, why):
+    if why == "not installed":
+        real_which = shutil.which
+        monkeypatch.setattr(sandbox.shutil, "which", lambda name: None if name == "bwrap" else real_which(name))
+    else:  # installed, but the probe cannot create its namespaces (e.g. an unprivileged container)
+        real_works = sandbox._works
+        monkeypatch.setattr(sandbox, "_works", lambda cmd: cmd[0] != "bwrap" and real_works(cmd))
+    sandbox.available_levels.cache_clear()
+    try:
+        assert "bwrap" not in available_levels()
+        assert run(ADD_OK).level == isolation_level() != "bwrap"
+        with pytest.raises(ValueError, match="'bwrap' is not available here"):
+            run(ADD_OK, "bwrap")
+    finally:
+        sandbox.available_levels.cache_clear()
+
+
+@needs_bwrap
+def test_bwrap_is_the_level_where_installed():
+    assert isolation_level() == "bwrap", \
+        "bubblewrap is installed but its probe failed: try `bwrap --ro-bind / / true` to see why"
+
+
+# --- the private filesystem (bwrap) ----------------------------------------------------------------
+
+@needs_bwrap
+def test_tmp_and_shm_writes_stay_inside():
+    names = [f"/tmp/{unique('qh-sandbox')}", f"/dev/shm/{unique('qh-sandbox')}"]
+    r = run(f"""
+        for name in {names!r}:
+            with open(name, "w") as f:
+                f.write("scratch")
+            assert open(name).read() == "scratch"
+    """)
+    assert r.passed, r.reason  # scratch files are fine: they live in the sandbox's own tmpfs
+    assert [n for n in names if os.path.exists(n)] == []
+
+
+@needs_bwrap
+def test_total_writable_space_is_bounded():
+    cfg = replace(CFG, max_file_mb=16)  # each 10 MiB file is under the per-file limit; together they are not
+    names = [f"/tmp/{unique('qh-sandbox')}", f"/dev/shm/{unique('qh-sandbox')}", unique("qh-sandbox")]
+    r = run(f"""
+        for path in {names!r}:
+            with open(path, "wb") as f:
+                f.write(b"x" * (10 * 1024 * 1024))
+    """, cfg=cfg)
+    assert not r.passed and "No space left on device" in r.reason, r.reason
+    assert [n for n in names[:2] if os.path.exists(n)] == []
+
+
+@needs_bwrap
+def test_parent_files_are_hidden():
+    (REPO / "results" / "cache").mkdir(parents=True, exist_ok=True)
+    secrets = [tempfile.mkstemp(prefix=".sandbox-secret-", dir=d) for d in (REPO / "results" / "cache", Path.home())]
+    try:
+        for fd, path in secrets:
+            os.write(fd, b"hunter2")
+            os.close(fd)
+        paths = [path for _, path in secrets] + [str(REPO / "README.md")]
+        r = run(f"""
+            import os
+            for path in {paths!r}:
+                assert not os.path.exists(path), path
+        """)
         assert r.passed, r.reason
-    else:
-        pytest.skip("no root/unshare here: the in-process guard is the fallback")
+    finally:
+        for _, path in secrets:
+            os.unlink(path)
+
+
+@needs_bwrap
+def test_system_is_read_only():
+    r = run("""
+        import os
+        for path in ("/usr/qh-sandbox", "/qh-sandbox", "/dev/qh-sandbox", "/sandbox/program.py"):
+            try:
+                open(path, "w").close()
+            except OSError:
+                continue
+            raise AssertionError(f"wrote {path}")
+    """)
+    assert r.passed, r.reason
+
+
+@needs_bwrap
+def test_only_loopback_inside():
+    # if_nameindex opens its socket in C, past the audit hook: only the namespace hides the NICs
+    r = run("import socket\nassert [n for _, n in socket.if_nameindex()] == ['lo'], socket.if_nameindex()\n")
+    assert r.passed, r.reason
