@@ -3,6 +3,10 @@
 Isolation levels, strongest first; :func:`isolation_level` probes once per process and picks the
 first that works here, and every result records the level it ran under:
 
+- ``bwrap+seccomp``: ``bwrap`` below plus a seccomp filter (harness/eval/seccomp.py) that refuses
+  creating namespaces and mounting, so the program cannot make a user namespace of its own and mount
+  tmpfs past its quota. Needs a syscall table for this architecture (x86_64, aarch64); elsewhere
+  the level is missing and ``bwrap`` is the strongest.
 - ``bwrap`` (bubblewrap; as root it runs privileged, otherwise in a user namespace): new mount, PID,
   network and IPC namespaces. The child sees a private filesystem: the system directories
   (``/usr`` ...) and the Python installation read-only, the program file read-only, a fresh
@@ -26,6 +30,7 @@ At every level:
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -38,9 +43,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.eval import seccomp
+
 NOBODY = 65534
 MB = 1024 * 1024
-LEVELS = ("bwrap", "unshare", "rlimits")  # strongest first
+LEVELS = ("bwrap+seccomp", "bwrap", "unshare", "rlimits")  # strongest first
+BWRAP_LEVELS = LEVELS[:2]
 
 # Paths inside the bwrap sandbox. The one size-limited tmpfs sits at /dev/shm because bwrap's --dev
 # already makes that directory (a symlink cannot replace it); /tmp points there, so both share one quota.
@@ -84,9 +92,9 @@ class SandboxResult:
     level: str  # the isolation level it ran under (one of LEVELS)
 
 
-def _works(cmd: list[str]) -> bool:
+def _works(cmd: list[str], pass_fds: tuple[int, ...] = ()) -> bool:
     try:
-        return subprocess.run(cmd, capture_output=True, timeout=10, cwd="/").returncode == 0
+        return subprocess.run(cmd, capture_output=True, timeout=10, cwd="/", pass_fds=pass_fds).returncode == 0
     except (OSError, subprocess.SubprocessError):
         return False
 
@@ -130,13 +138,44 @@ def _system_mounts() -> list[str]:
     return args + ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
 
 
-def _bwrap_prefix(scratch_bytes: int, program: Path | None) -> list[str]:
-    """bwrap arguments up to the command: namespaces, the read-only view, one writable tmpfs."""
+@functools.lru_cache(maxsize=1)
+def _seccomp_program() -> bytes | str:
+    """The compiled filter for this machine, or why there is none."""
+    try:
+        return seccomp.program()
+    except seccomp.UnsupportedArchitecture as e:
+        return str(e)
+
+
+@contextlib.contextmanager
+def _seccomp_fd(level: str):
+    """For ``bwrap+seccomp``, the read end of a pipe holding the filter (bwrap reads it to the end),
+    else None."""
+    if level != "bwrap+seccomp":
+        yield None
+        return
+    filt = _seccomp_program()
+    if not isinstance(filt, bytes):
+        raise RuntimeError(f"sandbox: {filt}")
+    r, w = os.pipe()
+    try:
+        with open(w, "wb") as f:  # a few hundred bytes: far under a pipe's buffer
+            f.write(filt)
+        yield r
+    finally:
+        os.close(r)
+
+
+def _bwrap_prefix(scratch_bytes: int, program: Path | None, seccomp_fd: int | None = None) -> list[str]:
+    """bwrap arguments up to the command: namespaces, the read-only view, one writable tmpfs, and
+    the seccomp filter waiting on ``seccomp_fd`` if given."""
     args = ["bwrap", "--unshare-pid", "--unshare-net", "--die-with-parent",
             # SysV shared memory would otherwise outlive the sandbox in the host's IPC namespace
             "--unshare-ipc",
             *_system_mounts(), "--proc", "/proc", "--dev", "/dev",
             "--size", str(scratch_bytes), "--perms", "1777", "--tmpfs", SCRATCH, "--symlink", SCRATCH, "/tmp"]
+    if seccomp_fd is not None:
+        args += ["--seccomp", str(seccomp_fd)]
     if program is not None:
         # bwrap would make the file's new parent directory 0700 (root's), unreadable for nobody
         args += ["--perms", "0755", "--dir", os.path.dirname(PROGRAM), "--ro-bind", str(program), PROGRAM]
@@ -158,14 +197,21 @@ def _unshare_prefix() -> tuple[str, ...] | None:
     return None
 
 
+def _bwrap_works(level: str) -> bool:
+    """Runs a trivial program exactly as a real one would run at ``level`` (a bwrap level)."""
+    if level == "bwrap+seccomp" and not isinstance(_seccomp_program(), bytes):
+        return False
+    with _seccomp_fd(level) as fd:
+        return _works([*_bwrap_prefix(MB, None, fd), *_privilege_drop(), _interpreter(), "-I", "-S", "-c", "pass"],
+                      pass_fds=() if fd is None else (fd,))
+
+
 @functools.lru_cache(maxsize=1)
 def available_levels() -> tuple[str, ...]:
-    """The levels (of LEVELS, strongest first) that work on this machine, probed once per process;
-    bwrap by running a trivial program exactly as a real one would run."""
+    """The levels (of LEVELS, strongest first) that work on this machine, probed once per process."""
     found = []
-    if shutil.which("bwrap") and _works([*_bwrap_prefix(MB, None), *_privilege_drop(), _interpreter(),
-                                         "-I", "-S", "-c", "pass"]):
-        found.append("bwrap")
+    if shutil.which("bwrap"):
+        found += [level for level in BWRAP_LEVELS if _bwrap_works(level)]
     if _unshare_prefix() is not None:
         found.append("unshare")
     return (*found, "rlimits")
@@ -187,10 +233,10 @@ def _rlimits(cfg) -> dict[str, int]:
     }
 
 
-def _command(level: str, cfg, workdir: Path) -> tuple[list[str], str]:
+def _command(level: str, cfg, workdir: Path, seccomp_fd: int | None) -> tuple[list[str], str]:
     """(argv, the child's working directory as the child sees it)."""
-    if level == "bwrap":
-        prefix = _bwrap_prefix(cfg.max_file_mb * MB, workdir / "program.py")
+    if level in BWRAP_LEVELS:
+        prefix = _bwrap_prefix(cfg.max_file_mb * MB, workdir / "program.py", seccomp_fd)
         interpreter, inside, program = _interpreter(), "/tmp", PROGRAM
     else:
         prefix = list(_unshare_prefix()) if level == "unshare" else []
@@ -221,28 +267,35 @@ def _failure(rc: int | None, stderr_path: Path) -> str:
     return f"failed: {why[:300]}"
 
 
+def _unavailable(level: str) -> str:
+    what = "not available here" if level in LEVELS else "unknown"
+    filt = _seccomp_program()
+    why = f" ({filt})" if level == "bwrap+seccomp" and not isinstance(filt, bytes) else ""
+    return f"sandbox level {level!r} is {what}{why}; available here: {', '.join(available_levels())}"
+
+
 def run_python(program: str, cfg, level: str | None = None) -> SandboxResult:
     """Run ``program`` (Python source) confined by ``cfg`` (harness.config.SandboxConfig): passed iff it
     exits with status 0 within ``cfg.wall_seconds``. ``level`` (one of LEVELS) overrides the probed
     :func:`isolation_level`; it must work here."""
     level = level or isolation_level()
     if level not in available_levels():
-        what = "not available here" if level in LEVELS else "unknown"
-        raise ValueError(f"sandbox level {level!r} is {what}; available here: {', '.join(available_levels())}")
+        raise ValueError(_unavailable(level))
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="harness-sandbox-") as work, \
             tempfile.TemporaryDirectory(prefix="harness-sandbox-log-") as logs:
         workdir = Path(work)
         (workdir / "program.py").write_text(program, encoding="utf-8")
         os.chmod(workdir / "program.py", 0o644)  # whatever the umask: nobody reads it
-        if _privilege_drop() and level != "bwrap":  # under bwrap it works in its own tmpfs instead
+        if _privilege_drop() and level not in BWRAP_LEVELS:  # under bwrap it works in its own tmpfs instead
             os.chown(workdir, NOBODY, NOBODY)
-        cmd, inside = _command(level, cfg, workdir)
-        env = {"PATH": "/usr/bin:/bin", "HOME": inside, "TMPDIR": inside, "LANG": "C.UTF-8"}
         stderr_path = Path(logs) / "stderr"
-        with open(stderr_path, "wb") as err:  # a file, not a pipe: output floods cannot fill our memory
+        # a file, not a pipe: output floods cannot fill our memory
+        with open(stderr_path, "wb") as err, _seccomp_fd(level) as fd:
+            cmd, inside = _command(level, cfg, workdir, fd)
+            env = {"PATH": "/usr/bin:/bin", "HOME": inside, "TMPDIR": inside, "LANG": "C.UTF-8"}
             proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=err, start_new_session=True)
+                                    stderr=err, start_new_session=True, pass_fds=() if fd is None else (fd,))
             try:
                 rc = proc.wait(timeout=cfg.wall_seconds)
                 reason = "passed" if rc == 0 else None

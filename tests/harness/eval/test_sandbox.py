@@ -1,7 +1,12 @@
 """The sandbox contains hostile programs: each ends as a failed sample, the test process survives and
 nothing outside the sandbox changes. The containment tests run at every isolation level that works
-here (the fallbacks included); the private-filesystem tests need bubblewrap."""
+here (the fallbacks included); the private-filesystem tests need bubblewrap, the namespace and mount
+refusals its seccomp filter (harness/eval/seccomp.py, whose program tests/harness/eval/test_seccomp.py
+checks on its own)."""
+import json
 import os
+import platform
+import re
 import shutil
 import socket
 import tempfile
@@ -14,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from harness.config import SandboxConfig
-from harness.eval import sandbox
+from harness.eval import sandbox, seccomp
 from harness.eval.sandbox import LEVELS, available_levels, isolation_level, run_python
 
 REPO = Path(__file__).resolve().parents[3]
@@ -33,18 +38,33 @@ check(add)
 '''
 
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
+SECCOMP_ARCH = platform.machine() in seccomp.ARCHES
+
+
+def _skip_unavailable(level: str) -> None:
+    if level not in sandbox.BWRAP_LEVELS:
+        pytest.skip(f"no {level} namespaces here")
+    if shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap not installed")
+    if level == "bwrap+seccomp" and not SECCOMP_ARCH:
+        pytest.skip(f"no seccomp syscall table for {platform.machine()}")
+    # installed but unusable: test_bwrap_is_the_level_where_installed reports it once
+    pytest.skip(f"bubblewrap is installed but {level} does not work here")
 
 
 @pytest.fixture(params=LEVELS)
 def level(request):
     if request.param not in available_levels():
-        if request.param == "bwrap" and shutil.which("bwrap") is None:
-            pytest.skip("bubblewrap not installed")
-        if request.param != "bwrap":
-            pytest.skip(f"no {request.param} namespaces here")
-        # installed but unusable: test_bwrap_is_the_level_where_installed reports it once
-        pytest.skip("bubblewrap is installed but cannot create its namespaces here")
+        _skip_unavailable(request.param)
     return request.param
+
+
+@pytest.fixture
+def seccomp_level():
+    """The level with the seccomp filter; skipped only where bubblewrap or the syscall table is missing."""
+    if "bwrap+seccomp" not in available_levels():
+        _skip_unavailable("bwrap+seccomp")
+    return "bwrap+seccomp"
 
 
 def run(src: str, level: str | None = None, cfg=CFG):
@@ -213,21 +233,40 @@ def test_probe_falls_back_without_bubblewrap(monkeypatch, why):
         monkeypatch.setattr(sandbox.shutil, "which", lambda name: None if name == "bwrap" else real_which(name))
     else:  # installed, but the probe cannot create its namespaces (e.g. an unprivileged container)
         real_works = sandbox._works
-        monkeypatch.setattr(sandbox, "_works", lambda cmd: cmd[0] != "bwrap" and real_works(cmd))
+        monkeypatch.setattr(sandbox, "_works", lambda cmd, **kw: cmd[0] != "bwrap" and real_works(cmd, **kw))
     sandbox.available_levels.cache_clear()
     try:
-        assert "bwrap" not in available_levels()
-        assert run(ADD_OK).level == isolation_level() != "bwrap"
-        with pytest.raises(ValueError, match="'bwrap' is not available here"):
-            run(ADD_OK, "bwrap")
+        assert not set(sandbox.BWRAP_LEVELS) & set(available_levels())
+        assert run(ADD_OK).level == isolation_level() not in sandbox.BWRAP_LEVELS
+        for forced in sandbox.BWRAP_LEVELS:
+            with pytest.raises(ValueError, match=re.escape(f"'{forced}' is not available here")):
+                run(ADD_OK, forced)
     finally:
         sandbox.available_levels.cache_clear()
 
 
 @needs_bwrap
+def test_unsupported_architecture_falls_back_to_plain_bwrap(monkeypatch):
+    monkeypatch.setattr(seccomp.platform, "machine", lambda: "riscv64")
+    sandbox.available_levels.cache_clear()
+    sandbox._seccomp_program.cache_clear()
+    try:
+        assert available_levels()[0] == "bwrap" and "bwrap+seccomp" not in available_levels()
+        r = run("assert open('/proc/self/status').read().count('Seccomp:\\t0') == 1\n")
+        assert r.passed and r.level == "bwrap", r.reason  # recorded as the weaker level, and it is
+        with pytest.raises(ValueError, match=r"'bwrap\+seccomp' is not available here \(no seccomp syscall "
+                                             r"table for 'riscv64' \(supported: x86_64, aarch64\)\)"):
+            run(ADD_OK, "bwrap+seccomp")
+    finally:
+        sandbox.available_levels.cache_clear()
+        sandbox._seccomp_program.cache_clear()
+
+
+@needs_bwrap
 def test_bwrap_is_the_level_where_installed():
-    assert isolation_level() == "bwrap", \
-        "bubblewrap is installed but its probe failed: try `bwrap --ro-bind / / true` to see why"
+    why = ("bubblewrap is installed but its probe failed: try `bwrap --ro-bind / / true` to see why"
+           if "bwrap" not in available_levels() else "bwrap works, but not with its seccomp filter (--seccomp)")
+    assert isolation_level() == ("bwrap+seccomp" if SECCOMP_ARCH else "bwrap"), why
 
 
 # --- the private filesystem (bwrap) ----------------------------------------------------------------
@@ -296,4 +335,128 @@ def test_system_is_read_only():
 def test_only_loopback_inside():
     # if_nameindex opens its socket in C, past the audit hook: only the namespace hides the NICs
     r = run("import socket\nassert [n for _, n in socket.if_nameindex()] == ['lo'], socket.if_nameindex()\n")
+    assert r.passed, r.reason
+
+
+# --- the seccomp filter (bwrap+seccomp): no namespaces, no mounts; processes and threads as usual ---
+
+# Runs in a second interpreter inside the sandbox: the prologue's audit hook refuses ctypes in the
+# program itself, but a native binary the program writes has no hook, and these are its syscalls.
+_RAW_SYSCALLS = '''
+import ctypes, json, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+nr, new = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+def errno_of(*args):
+    ctypes.set_errno(0)
+    rc = libc.syscall(*(ctypes.c_long(a) if isinstance(a, int) else a for a in args))
+    if rc == 0 and args[0] == nr["clone"]:
+        os._exit(0)  # the clone child, had it been allowed
+    return ctypes.get_errno() if rc == -1 else "succeeded"
+user_ns = os.open("/proc/self/ns/user", os.O_RDONLY)
+print(json.dumps({
+    **{f"unshare {flag}": errno_of(nr["unshare"], value) for flag, value in new.items()},
+    **{f"clone {flag}": errno_of(nr["clone"], value | 17, 0, 0, 0, 0) for flag, value in new.items()},
+    "clone3": errno_of(nr["clone3"], 0, 0),
+    "setns": errno_of(nr["setns"], user_ns, 0),
+    "mount": errno_of(nr["mount"], b"none", b"/tmp", b"tmpfs", 0, 0),
+    "umount2": errno_of(nr["umount2"], b"/proc", 0),
+    "pivot_root": errno_of(nr["pivot_root"], b"/tmp", b"/tmp"),
+    "fsopen": errno_of(nr["fsopen"], b"tmpfs", 0),
+    "open_tree": errno_of(nr["open_tree"], -100, b"/tmp", 1),
+}))
+'''
+
+
+def test_raw_namespace_and_mount_syscalls_are_refused(seccomp_level):
+    numbers = seccomp.arch_for().numbers
+    r = run(f"""
+        import errno, json, subprocess, sys
+        out = subprocess.run([sys.executable, "-c", {_RAW_SYSCALLS!r}, {json.dumps(numbers)!r},
+                              {json.dumps(seccomp.CLONE_NEW)!r}], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-500:]
+        got = json.loads(out.stdout)
+        expected = {{name: errno.ENOSYS if name == "clone3" else errno.EPERM for name in got}}
+        assert got == expected, {{k: v for k, v in got.items() if v != expected[k]}}
+    """, seccomp_level)
+    assert r.passed, r.reason
+
+
+def test_python_unshare_is_refused(seccomp_level):
+    r = run("""
+        import errno, os, subprocess, sys
+        if hasattr(os, "unshare"):  # Python 3.12
+            try:
+                os.unshare(os.CLONE_NEWUSER)
+            except PermissionError as e:
+                assert e.errno == errno.EPERM
+            else:
+                raise AssertionError("os.unshare succeeded")
+        else:  # ctypes in a second interpreter: the audit hook refuses it in this one
+            code = ("import ctypes; libc = ctypes.CDLL(None, use_errno=True); "
+                    "print(libc.unshare(0x10000000), ctypes.get_errno())")
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+            assert out.stdout.split() == ["-1", str(errno.EPERM)], (out.stdout, out.stderr[-300:])
+    """, seccomp_level)
+    assert r.passed, r.reason
+
+
+def test_unshare_and_mount_commands_fail(seccomp_level):
+    # the attack itself: root in a user namespace of its own, then a tmpfs past the quota
+    r = run("""
+        import os, subprocess
+        assert os.path.exists("/usr/bin/unshare") and os.path.exists("/usr/bin/mount")
+        for cmd in (["unshare", "-Urm", "true"],
+                    ["unshare", "-Urm", "mount", "-t", "tmpfs", "-o", "size=1g", "none", "/dev/shm"],
+                    ["mount", "-t", "tmpfs", "none", "/dev/shm"]):
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            assert out.returncode != 0, cmd
+            # mount alone stops at "must be superuser"; the raw syscall's EPERM is checked above
+            assert any(w in out.stderr for w in ("not permitted", "superuser")), (cmd, out.stderr)
+        assert "Operation not permitted" in subprocess.run(["unshare", "-U", "true"], capture_output=True,
+                                                            text=True).stderr
+    """, seccomp_level)
+    assert r.passed, r.reason
+
+
+def test_processes_still_start(seccomp_level):
+    # fork and posix_spawn go through clone (glibc falls back from clone3 on ENOSYS), without CLONE_NEW*
+    r = run("""
+        import os, subprocess, sys
+        assert subprocess.run([sys.executable, "-c", "print(1)"], capture_output=True, text=True).stdout == "1\\n"
+        pid = os.fork()
+        if pid == 0:
+            os._exit(7)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 7
+        pid = os.posix_spawn("/bin/true", ["true"], {})
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    """, seccomp_level)
+    assert r.passed, r.reason
+
+
+def test_threads_still_start(seccomp_level):
+    r = run("""
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+        seen = []
+        threads = [threading.Thread(target=seen.append, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(seen) == [0, 1, 2, 3]
+        with ThreadPoolExecutor(4) as pool:
+            assert list(pool.map(abs, [-1, -2, -3])) == [1, 2, 3]
+    """, seccomp_level)
+    assert r.passed, r.reason
+
+
+def test_filter_is_installed_and_its_pipe_closed(seccomp_level):
+    r = run("""
+        import os
+        status = dict(line.split(":\\t", 1) for line in open("/proc/self/status").read().splitlines())
+        assert status["Seccomp"] == "2" and status["NoNewPrivs"] == "1", (status["Seccomp"], status["NoNewPrivs"])
+        fds = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
+        assert fds == [0, 1, 2, 3], fds  # stdio and listdir's own: bwrap closed the filter's pipe
+    """, seccomp_level)
     assert r.passed, r.reason
