@@ -66,9 +66,21 @@ def main(cfg) -> None:
         fail("interrupted; finished variants are in the store, nothing else was written", out_dir)
 
 
+def check_output_dirs(argv: list[str]) -> None:
+    """Hydra creates the run directory before the run starts: check the one the user named (or the
+    default parent) can be written, so /proc/x is one line, not Hydra's traceback."""
+    from harness.checks import check_writable
+
+    named = {k: v for k, _, v in (a.partition("=") for a in argv) if k in ("hydra.run.dir", "hydra.sweep.dir")}
+    for key, value in (named or {"hydra.run.dir": "results/runs"}).items():
+        if "${" not in value:
+            check_writable(value, key, keep=False)
+
+
 if __name__ == "__main__":
     try:
         check_group_choices(sys.argv[1:])
+        check_output_dirs(sys.argv[1:])
     except HarnessError as e:
         fail(str(e))
     main()

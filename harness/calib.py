@@ -18,6 +18,7 @@ import torch
 from harness import hub_data
 from harness.data import CALIB_DIR
 from harness.errors import HarnessError
+from harness.textfiles import check_long_enough, read_text_file
 
 NAMED = {
     "prose": ["prose.txt"],
@@ -28,6 +29,7 @@ NAMED = {
     "pile_val": ["hub:pile_val"],  # the AWQ paper's calibration set, from the hub (harness/hub_data.py)
 }
 CHOICES = (*NAMED, "file")
+TEXT_SUFFIXES = (".txt", ".md", "")
 SHIPPED = tuple(n for n, files in NAMED.items() if not any(f.startswith("hub:") for f in files))  # usable offline
 
 
@@ -62,7 +64,7 @@ def read_documents(path: Path, tok) -> list[str]:
         raise HarnessError(f"calibration file not found: {path}")
     if path.suffix == ".jsonl":
         docs = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for i, line in enumerate(read_text_file(path, "calibration file").splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -76,8 +78,8 @@ def read_documents(path: Path, tok) -> list[str]:
             else:
                 raise HarnessError(f"{path}:{i}: expected an object with \"text\" or \"messages\"")
         return docs
-    if path.suffix in (".txt", ".md", ""):
-        return [path.read_text(encoding="utf-8", errors="replace")]
+    if path.suffix in TEXT_SUFFIXES:
+        return [read_text_file(path, "calibration file")]
     raise HarnessError(f"calibration file {path} must be .txt or .jsonl")
 
 
@@ -109,17 +111,35 @@ def repeat_warning(source: str, tokens: int, n_windows: int, seqlen: int) -> str
             f"(GPTQ overfits small sets); add text or lower calib.n_samples / calib.seqlen")
 
 
-def load(cfg, tok) -> CalibSet:
+def source_files(cfg) -> list[Path]:
+    if cfg.name == "file":
+        return [Path(cfg.path).expanduser()]
+    return [CALIB_DIR / f for f in NAMED[cfg.name]]
+
+
+def check(cfg) -> None:
+    """Everything about a calibration config that needs no tokenizer: run before the model loads."""
     if cfg.name not in CHOICES:
         raise HarnessError(f"unknown calibration set {cfg.name!r}; choose one of: {', '.join(CHOICES)}")
     if cfg.n_samples < 1 or cfg.seqlen < 2:
         raise HarnessError(f"calib.n_samples must be >= 1 and calib.seqlen >= 2 (got {cfg.n_samples}, {cfg.seqlen})")
-    if cfg.name == "file":
-        if not cfg.path:
-            raise HarnessError("calib=file needs calib.path=FILE (.txt or .jsonl)")
-        files = [Path(cfg.path).expanduser()]
-    else:
-        files = [CALIB_DIR / f for f in NAMED[cfg.name]]
+    if cfg.name != "file":
+        return
+    if not cfg.path:
+        raise HarnessError("calib=file needs calib.path=FILE (.txt or .jsonl)")
+    path = Path(cfg.path).expanduser()
+    if not path.is_file():
+        raise HarnessError(f"calibration file not found: {cfg.path}")
+    if path.suffix not in (".jsonl", *TEXT_SUFFIXES):
+        raise HarnessError(f"calibration file {path} must be .txt or .jsonl")
+    read_text_file(path, "calibration file")
+    if path.suffix != ".jsonl":  # a chat template adds tokens, so only plain text has a byte bound
+        check_long_enough(path, cfg.seqlen, "calibration file", "calib.seqlen")
+
+
+def load(cfg, tok) -> CalibSet:
+    check(cfg)
+    files = source_files(cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     streams = [token_stream(read_documents(f, tok), tok) for f in files]
     for f, s in zip(files, streams):

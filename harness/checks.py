@@ -2,13 +2,15 @@
 loads when the config alone decides, right after loading when the model's shapes do."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import methods
 from harness import calib as calib_mod
 from harness import eval as suites
-from harness import models
+from harness import hub_data, models
 from harness.errors import HarnessError
+from harness.textfiles import check_long_enough
 from harness.eval import perplexity
 from methods.quantizer import QuantSpec, QuantSpecError
 from methods.targets import check_group_size, spec_from, target_linears
@@ -31,18 +33,34 @@ def check_method(method_cfg) -> None:
         raise HarnessError(f"method.{e}") from None
 
 
-def check_calib(calib_cfg) -> None:
-    if calib_cfg.name not in calib_mod.CHOICES:
-        raise HarnessError(f"unknown calibration set {calib_cfg.name!r}; choose one of: {', '.join(calib_mod.CHOICES)}")
-    if calib_cfg.name == "file" and calib_cfg.path and not Path(calib_cfg.path).expanduser().is_file():
-        raise HarnessError(f"calibration file not found: {calib_cfg.path}")
-
-
 def check_suites(cfg) -> None:
     for s in cfg.eval.suites:
         suites.check_installed(s)  # a missing data package fails before loading
     for t in cfg.eval.texts:
-        perplexity.read_text(Path(t).expanduser())
+        path = Path(t).expanduser()
+        perplexity.read_text(path)
+        if not hub_data.is_hub(path):
+            check_long_enough(path, cfg.eval.seqlen, "eval text", "eval.seqlen")
+
+
+def check_writable(path, what: str, keep: bool = True) -> None:
+    """Create ``path`` if needed and write and remove a probe file in it: a directory the run cannot
+    write fails now, not after hours of computing. ``keep=False`` removes the directories it made."""
+    p = Path(path).expanduser().absolute()
+    made = [d for d in (p, *p.parents) if not d.exists()]
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise HarnessError(f"{what}={path} is not a writable directory ({e.strerror or e})") from None
+    finally:
+        for d in made if not keep else ():
+            try:
+                d.rmdir()
+            except OSError:
+                pass
 
 
 def validate_static(cfg, plan) -> None:
@@ -51,8 +69,10 @@ def validate_static(cfg, plan) -> None:
     for v in plan:
         check_method(v.method)
         if methods.entry(v.method.name).calibrated:
-            check_calib(v.calib)
+            calib_mod.check(v.calib)
     check_suites(cfg)
+    check_writable(cfg.store_dir, "store_dir")
+    check_writable(cfg.cache_dir, "cache_dir")
     if cfg.export.dir:
         if len(plan) != 1:
             raise HarnessError("export.dir writes one checkpoint: run a single method, not a list of variants")
@@ -94,8 +114,15 @@ def check_packable(model, method_cfg) -> None:
                            f"not a multiple of {PACK}; the AWQ-GEMM layout cannot hold it (drop export.dir)")
 
 
+def check_shapes(model_cfg, plan, export_cfg) -> None:
+    """The shape checks on the model's skeleton (config only, meta device): before the weights load."""
+    skeleton = models.skeleton(model_cfg)
+    if skeleton is not None:
+        check_loaded(skeleton, plan, export_cfg)
+
+
 def check_loaded(model, plan, export_cfg) -> None:
-    """Checks that need the model's shapes, right after it loads (before any suite or method runs)."""
+    """Checks that need the model's shapes (before any suite or method runs)."""
     for v in plan:
         if not methods.entry(v.method.name).reference:
             method_spec(v.method, model)

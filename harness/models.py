@@ -1,10 +1,13 @@
 """Load (model, tokenizer) from the embedded GGUF package, a local directory or the hub."""
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -68,6 +71,46 @@ def _assembled_gguf(cfg) -> Path:
     return target
 
 
+def _gguf_path(cfg) -> Path:
+    d = _assembled_gguf(cfg).parent if cfg.assemble else _gguf_dir(cfg.package, cfg.install)
+    if not (d / cfg.gguf_file).is_file():
+        raise HarnessError(f"{cfg.gguf_file} not found in package {cfg.package} ({d})")
+    return d / cfg.gguf_file
+
+
+def dequantized_dir(gguf: Path, dtype: str) -> Path:
+    """Where the GGUF's dequantized weights are kept, keyed by the file's content and the dtype."""
+    h = hashlib.blake2b(digest_size=10)
+    with open(gguf, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    return cache_root() / "dequantized" / f"{gguf.stem}-{dtype}-{h.hexdigest()}"
+
+
+def _load_gguf(cfg):
+    """Dequantizing a GGUF takes tens of seconds: do it once, keep the result as safetensors (with the
+    tokenizer) in the user cache and load that afterwards."""
+    gguf = _gguf_path(cfg)
+    cached = dequantized_dir(gguf, cfg.dtype)
+    if (cached / "config.json").is_file():
+        return _from_pretrained(str(cached), cfg)
+    model, tok = _from_pretrained(str(gguf.parent), cfg, gguf_file=gguf.name)
+    model.config.quantization_config = None  # the weights are dequantized to dtype on load
+    if hasattr(model, "hf_quantizer"):
+        model.hf_quantizer = None
+    tmp = None
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=cached.parent, prefix=f".{cached.name}.", suffix=".tmp"))
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        tmp.rename(cached)  # atomic; a concurrent process that got there first keeps its copy
+    except OSError:  # no cache this time (read-only home, full disk, a race)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return model, tok
+
+
 def _from_pretrained(where: str, cfg, **kw):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -85,19 +128,11 @@ def load(cfg):
         raise HarnessError(f"unknown model.dtype {cfg.dtype!r}; choose one of: {', '.join(DTYPES)}")
     device = resolve_device(cfg.device)
     if cfg.source == "gguf_package":
-        d = _assembled_gguf(cfg).parent if cfg.assemble else _gguf_dir(cfg.package, cfg.install)
-        if not (d / cfg.gguf_file).is_file():
-            raise HarnessError(f"{cfg.gguf_file} not found in package {cfg.package} ({d})")
-        model, tok = _from_pretrained(str(d), cfg, gguf_file=cfg.gguf_file)
-        model.config.quantization_config = None  # the weights are dequantized to dtype on load
-        if hasattr(model, "hf_quantizer"):
-            model.hf_quantizer = None
+        model, tok = _load_gguf(cfg)
     elif cfg.source == "path":
         if not cfg.path:
             raise HarnessError("model=path needs model.path=DIR (a local Hugging Face model directory)")
-        p = Path(cfg.path).expanduser()
-        if not (p / "config.json").is_file():
-            raise HarnessError(f"model.path={cfg.path!r} is not a Hugging Face model directory (no config.json)")
+        p = check_model_dir(cfg)
         model, tok = _from_pretrained(str(p), cfg)
     else:
         if not cfg.hub_id:
@@ -118,6 +153,54 @@ def load(cfg):
     return model, tok
 
 
+def check_model_dir(cfg) -> Path:
+    """A local model directory whose config and weight files can be read (headers and sizes), checked
+    before loading: a truncated download is one line naming the file, not a loader traceback."""
+    import json
+
+    from safetensors import SafetensorError, safe_open
+
+    if not cfg.path:
+        raise HarnessError("model=path needs model.path=DIR (a local Hugging Face model directory)")
+    p = Path(cfg.path).expanduser()
+    config = p / "config.json"
+    if not config.is_file():
+        raise HarnessError(f"model.path={cfg.path!r} is not a Hugging Face model directory (no config.json)")
+    try:
+        if not isinstance(json.loads(config.read_text(encoding="utf-8")), dict):
+            raise ValueError("not a JSON object")
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise HarnessError(f"model file {config} is unreadable ({str(e).splitlines()[0][:160]})") from None
+    for weights in sorted(p.glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), framework="pt"):
+                pass
+        except (OSError, SafetensorError) as e:
+            raise HarnessError(f"model file {weights} is unreadable or truncated ({str(e).splitlines()[0][:160]})") from None
+    return p
+
+
+def skeleton(cfg):
+    """The model's module tree on the meta device (no weights, no memory), from its config alone, for
+    checks that need only shapes; None where the config cannot be read without loading (the hub)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if cfg.source == "path":
+        where, kw = str(check_model_dir(cfg)), {}
+    elif cfg.source == "gguf_package" and not cfg.assemble:
+        gguf = _gguf_path(cfg)
+        cached = dequantized_dir(gguf, cfg.dtype)
+        where, kw = (str(cached), {}) if (cached / "config.json").is_file() else (str(gguf.parent), {"gguf_file": gguf.name})
+    else:
+        return None
+    try:
+        config = AutoConfig.from_pretrained(where, **kw)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config)
+    except (OSError, ValueError, KeyError):  # an unusual config: the full load reports it
+        return None
+
+
 def _fix_special_tokens(model, tok, cfg) -> None:
     if cfg.eos_token:
         tok.eos_token = cfg.eos_token
@@ -133,8 +216,6 @@ def _fix_special_tokens(model, tok, cfg) -> None:
 
 def fingerprint(model) -> str:
     """A content hash of the weights: keys caches of FP results, robust to renamed files."""
-    import hashlib
-
     h = hashlib.blake2b(digest_size=12)
     for name, t in model.state_dict().items():
         h.update(name.encode())

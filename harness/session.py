@@ -58,6 +58,7 @@ class Session:
         torch.manual_seed(cfg.seed)
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         checks.validate_static(cfg, plan)
+        checks.check_shapes(cfg.model, plan, cfg.export)
         t0 = time.perf_counter()
         model, tok = models.load(cfg.model)
         print(f"[harness] loaded {cfg.model.name} once in {time.perf_counter() - t0:.1f}s "

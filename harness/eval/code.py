@@ -122,7 +122,12 @@ def pass_rows(problems: list[Problem], outputs: list[str], sandbox) -> list[dict
     """``pass@1``: each greedy completion run against its problem's tests in the sandbox. The row's
     ``sandbox`` column records the isolation level the programs ran under."""
     level = isolation_level()
-    weaker = "" if level == LEVELS[0] else " (no private filesystem: install bubblewrap for the strongest level)"
+    if level == LEVELS[0]:
+        weaker = ""
+    elif level.startswith("bwrap"):
+        weaker = " (no seccomp filter for this architecture: namespaces and mounts are not refused)"
+    else:
+        weaker = " (no private filesystem: install bubblewrap for the strongest level)"
     print(f"[harness] code: executing {len(problems)} completions in the {level} sandbox{weaker}")
     passed = []
     for p, out in tqdm(list(zip(problems, outputs)), desc=f"humaneval execute ({level})", unit="problem", leave=False):

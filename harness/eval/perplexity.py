@@ -15,6 +15,7 @@ import torch
 
 from harness import hub_data
 from harness.errors import HarnessError
+from harness.textfiles import read_text_file
 from harness.eval import SuiteOutput
 from harness.eval.scoring import window_nll
 from harness.eval.views import view
@@ -33,10 +34,7 @@ def read_text(path: Path) -> str:
         return hub_data.text(str(path))
     if not path.is_file():
         raise HarnessError(f"eval text not found: {path}")
-    text = path.read_text(encoding="utf-8", errors="replace")
-    if not text.strip():
-        raise HarnessError(f"eval text {path} is empty")
-    return text
+    return read_text_file(path, "eval text")
 
 
 def make_windows(ids: torch.Tensor, seqlen: int, max_windows: int) -> torch.Tensor:

@@ -39,7 +39,9 @@ def test_public_contract_line(tiny_llama_dir, texts, tmp_path):
     assert sorted(ppl.method.unique()) == ["fp", "rtn"]
     assert sorted(ppl.task.unique()) == ["A", "B"]
     assert (ppl.n == 3).all() and (ppl.seqlen == 128).all()
-    assert (df.calib_samples == 4).all() and (df.calib_seqlen == 64).all()
+    quant, fp = df[df.method == "rtn"], df[df.method == "fp"]
+    assert (quant.calib_samples == 4).all() and (quant.calib_seqlen == 64).all()
+    assert (fp.calib == "none").all() and (fp.calib_samples == 0).all()  # FP reads no calibration
     assert (ppl.value > 1).all() and ppl.value.notna().all()
     for f in ("config.yaml", "results.parquet", "report.md"):
         assert (out / f).is_file()
@@ -61,7 +63,7 @@ def test_public_contract_line(tiny_llama_dir, texts, tmp_path):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["method=awk"], "unknown method 'awk'; choose one of: awq, awq_clip, awq_scale, fp, gptq, gptqmodel_awq, gptqmodel_gptq, llmc_awq, llmc_gptq, rtn"),
+    (["method=awk"], "unknown method 'awk'; choose one of: awq, awq_clip, awq_scale, fp, gptq, gptqmodel_awq, gptqmodel_gptq, llmc_awq, llmc_gptq, rtn, salience"),
     (["model=nope"], "unknown model 'nope'; choose one of: gemma3-270m, hub, path, smollm2-135m"),
     (["calib=poetry"], "unknown calib 'poetry'; choose one of:"),
     (["eval=huge"], "unknown eval 'huge'; choose one of: full, lm_eval, perplexity, quick"),
@@ -71,6 +73,12 @@ def test_public_contract_line(tiny_llama_dir, texts, tmp_path):
     (["eval.texts=[/nonexistent/a.txt]"], "eval text not found"),
     (["model=path", "model.path=/nonexistent"], "is not a Hugging Face model directory"),
     (["model=hub", "model.hub_id=someone/some-model"], "cannot load 'someone/some-model' from the Hugging Face hub"),
+    (["calib=file", "calib.path=/bin/ls"], "calibration file /bin/ls is a binary file (NUL bytes), not text"),
+    (["store_dir=/proc/x"], "store_dir=/proc/x is not a writable directory"),
+    (["cache_dir=/proc/x"], "cache_dir=/proc/x is not a writable directory"),
+    (["variants=[fp,awk]"], "unknown method in variants 'awk'; choose one of:"),
+    (["calib.n_samples=0"], "calib.n_samples must be >= 1"),
+    (["calib=file"], "calib=file needs calib.path=FILE"),
 ])
 def test_bad_input_is_one_line_without_traceback(args, needle, tmp_path):
     out = tmp_path / "OUT"
@@ -82,17 +90,59 @@ def test_bad_input_is_one_line_without_traceback(args, needle, tmp_path):
     assert not (out / "results.csv").exists() and not out.exists()
 
 
+@pytest.mark.parametrize("run_dir", ["/proc/x", "/sys/x", "/proc/x/y"])
+def test_unwritable_run_directory_is_one_line(run_dir, tmp_path):
+    r = harness(f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr + r.stdout, r.stderr
+    assert r.stderr.strip() == f"error: hydra.run.dir={run_dir} is not a writable directory " + r.stderr.split("directory ")[1].strip()
+    assert not (tmp_path / "results").exists()  # nothing created on the way
+
+
 def test_bad_group_size_and_short_text_on_a_real_model(tiny_llama_dir, tmp_path):
     short = tmp_path / "short.txt"
     short.write_text("Too short to hold a window.")
     for args, needle in [
         (["method.group_size=48"], "group_size=48 does not divide in_features=64"),
-        ([f"eval.texts=[{short}]"], "too short for one window"),
+        ([f"eval.texts=[{short}]"], "fewer than the 512 tokens of one window (eval.seqlen)"),
     ]:
         out = tmp_path / "OUT"
         r = harness("model=path", f"model.path={tiny_llama_dir}", f"hydra.run.dir={out}", *args, cwd=tmp_path)
         assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
         assert not out.exists()
+
+
+def write_bad_files(d: Path) -> dict[str, Path]:
+    d.mkdir()
+    (d / "latin1.txt").write_bytes("caf\xe9 au lait ".encode("latin-1") * 100)
+    (d / "digits.txt").write_text("0123456789 " * 200)
+    return {"latin1": d / "latin1.txt", "digits": d / "digits.txt"}
+
+
+def test_non_text_input_files_are_refused_before_the_model_loads(tmp_path):
+    bad = write_bad_files(tmp_path / "bad")
+    for args, needle in [
+        ([f"eval.texts=[{bad['latin1']}]"], "is not UTF-8 text (invalid byte at offset 3)"),
+        (["calib=file", f"calib.path={bad['digits']}", "method=awq"], "does not look like text (0% letters"),
+    ]:
+        r = harness("model=path", "model.path=/nonexistent-never-loaded", f"hydra.run.dir={tmp_path / 'OUT'}", *args,
+                    cwd=tmp_path)
+        assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert not (tmp_path / "OUT").exists()
+
+
+def test_unreadable_model_files_are_named(tiny_llama_dir, tmp_path):
+    import shutil
+
+    for name, damage in [("model.safetensors", lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])),
+                         ("config.json", lambda p: p.write_text("{not json"))]:
+        broken = tmp_path / f"broken-{name}"
+        shutil.copytree(tiny_llama_dir, broken)
+        damage(broken / name)
+        r = harness("model=path", f"model.path={broken}", f"hydra.run.dir={tmp_path / 'OUT'}",
+                    f"store_dir={tmp_path / 'store'}", cwd=tmp_path)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-1500:]
+        assert r.stderr.strip().splitlines()[-1].startswith(f"error: model file {broken / name} is unreadable")
+        assert not (tmp_path / "OUT").exists() and not list((tmp_path / "store").rglob("*.parquet"))
 
 
 def test_existing_results_survive_a_failed_rerun(tiny_llama_dir, texts, tmp_path):
