@@ -65,7 +65,7 @@ def check_writable(path, what: str, keep: bool = True) -> None:
 
 def validate_static(cfg, plan) -> None:
     """Checks that need no model: fail before minutes of loading."""
-    models.resolve_device(cfg.model.device)
+    models.resolve_compute_dtype(cfg.model.compute_dtype, models.resolve_device(cfg.model.device))
     for v in plan:
         check_method(v.method)
         if methods.entry(v.method.name).calibrated:

@@ -22,7 +22,10 @@ class ModelConfig:
     path: Optional[str] = None  # path: a local Hugging Face model directory
     hub_id: Optional[str] = None  # hub: a model id on the Hugging Face hub
     revision: Optional[str] = None
-    dtype: str = "float32"
+    dtype: str = "float32"  # master weights: what methods quantize and export writes from
+    # forward passes of evaluation (perplexity, fidelity, decoding, the guard): auto = bf16 where the
+    # hardware runs it fast (CUDA with bf16, a CPU with AMX-BF16 or AVX512-BF16), else fp32
+    compute_dtype: str = "auto"  # auto | fp32 | bf16 | fp16
     device: str = "auto"  # auto (CUDA when torch sees one, else CPU) | cpu | cuda | cuda:N
     eos_token: Optional[str] = None  # set when the checkpoint's metadata gets it wrong
     pad_token: Optional[str] = None

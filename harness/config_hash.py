@@ -22,6 +22,9 @@ def config_hash(cfg) -> str:
     device = models.resolve_device(d.get("model", {}).pop("device", "auto"))
     if device.type != "cpu":  # GPU kernels round differently; CPU runs keep the hashes they had before
         d["model"]["device"] = device.type
+    compute = models.resolve_compute_dtype(d.get("model", {}).pop("compute_dtype", "auto"), device)
+    if compute != "fp32":  # the dtype evaluation ran in, resolved; fp32 runs keep their earlier hashes
+        d["model"]["compute_dtype"] = compute
     name = d.get("method", {}).get("name")
     if name in methods.available() and methods.entry(name).reference:
         d["method"] = {"name": name}  # bits, groups, calibration do not touch the reference model

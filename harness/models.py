@@ -36,6 +36,31 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+FAST_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (read from /proc/cpuinfo, never assumed)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
+    return any(f in flags for f in FAST_BF16_CPU_FLAGS)
+
+
+def resolve_compute_dtype(name: str, device: torch.device) -> str:
+    """``model.compute_dtype`` as fp32 | bf16 | fp16; ``auto`` picks bf16 where it is fast."""
+    if name == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
+    if name not in COMPUTE_DTYPES:
+        raise HarnessError(f"unknown model.compute_dtype {name!r}; choose one of: auto, {', '.join(COMPUTE_DTYPES)}")
+    return name
+
+
 def _install_hint(package: str, install: str | None = None) -> str:
     return install or f"pip install --no-deps {package.replace('_', '-')}"
 

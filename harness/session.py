@@ -48,8 +48,10 @@ class Session:
     refs: dict
     started_at: str
     guard: sanity.Guard | None = None
-    snapshot: dict = field(repr=False, default_factory=dict)
+    snapshot: dict = field(repr=False, default_factory=dict)  # pristine master weights, on the CPU
     tied_head: bool = False
+    compute_dtype: str = "fp32"  # what every forward pass of evaluation runs in (models.COMPUTE_DTYPES)
+    quantized_master: dict | None = field(repr=False, default=None)  # kept only when export needs it
 
     @classmethod
     def open(cls, cfg, plan: list[Variant]) -> "Session":
@@ -64,16 +66,21 @@ class Session:
         print(f"[harness] loaded {cfg.model.name} once in {time.perf_counter() - t0:.1f}s "
               f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params) for {len(plan)} variant(s)")
         checks.check_loaded(model, plan, cfg.export)
+        # a CPU copy of the original weights: restoring it is much cheaper than reloading the model
+        snapshot = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        compute = models.resolve_compute_dtype(cfg.model.compute_dtype, model.device)
+        model.to(models.COMPUTE_DTYPES[compute])
+        print(f"[harness] evaluation runs in {compute} (model.compute_dtype={cfg.model.compute_dtype}); "
+              f"methods quantize {cfg.model.dtype} master weights")
         prepared = {name: suites.prepare(name, tok, cfg) for name in cfg.eval.suites}
         guard = sanity.Guard.open(model, tok, prepared, cfg, cfg.model.name)  # a broken FP model stops here
         fp_rows, refs = evaluate_reference(model, tok, prepared, cfg)
-        # a CPU copy of the original weights: restoring it is much cheaper than reloading the model
-        snapshot = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        return cls(cfg, model, tok, prepared, fp_rows, refs, started, guard, snapshot, head_is_tied(model))
+        return cls(cfg, model, tok, prepared, fp_rows, refs, started, guard, snapshot, head_is_tied(model), compute)
 
     @torch.no_grad()
     def restore(self) -> None:
-        """Back to the loaded weights (a method may have untied the output head to quantize it)."""
+        """Back to the loaded master weights (a method may have untied the output head to quantize it)."""
+        self.model.to(models.DTYPES[self.cfg.model.dtype])
         self.model.load_state_dict(self.snapshot)
         if self.tied_head and not head_is_tied(self.model):
             self.model.get_output_embeddings().weight = self.model.get_input_embeddings().weight
@@ -108,6 +115,9 @@ class Session:
             raise HarnessError(f"method={v.name}: {e}") from None
         if not v.entry.reference:
             print(f"[harness] {v.name}: quantized in {result.seconds:.1f}s, peak RSS {result.peak_memory_mb:.0f} MB")
+        if self.cfg.export.dir and not v.entry.reference:  # export writes from master weights, not bf16 ones
+            self.quantized_master = {k: t.detach().to("cpu", copy=True) for k, t in self.model.state_dict().items()}
+        self.model.to(models.COMPUTE_DTYPES[self.compute_dtype])
         return result, calib
 
     def run_variant(self, v: Variant, run_id: str) -> Outcome:
@@ -127,13 +137,16 @@ class Session:
         cols = {"run_id": run_id, "started_at": self.started_at, "git_sha": results.git_sha(),
                 "model": self.cfg.model.name, "model_note": self.cfg.model.note, "versions": results.versions(),
                 "method": v.name, "bits": v.method.bits, "group_size": v.method.group_size,
-                "quant_seconds": result.seconds, "config_hash": config_hash(cfg_v),
+                "quant_seconds": result.seconds, "config_hash": config_hash(cfg_v), "compute_dtype": self.compute_dtype,
                 **calib_columns(v.calib, calib), **results.size_columns(self.model, v.method)}
         if v.entry.reference:
             cols.update(REFERENCE_COLUMNS)
         return {**cols, **v.columns}
 
+    @torch.no_grad()
     def export(self, v: Variant, result) -> None:
+        self.model.to(models.DTYPES[self.cfg.model.dtype])
+        self.model.load_state_dict(self.quantized_master)
         t0 = time.perf_counter()
         where = export_quantized(self.model, self.tok, result, v.method, self.cfg.export.dir)
         print(f"[harness] exported AWQ-GEMM checkpoint to {where} in {time.perf_counter() - t0:.1f}s")

@@ -1,0 +1,71 @@
+"""harness/session.py: pristine weights between variants, master weights for methods and export,
+evaluation in the compute dtype."""
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+from harness import models
+from harness import plan as plan_mod
+from harness import session as session_mod
+from harness.config import register_configs
+from harness.data import EVAL_DIR
+
+
+def compose_cfg(*overrides):
+    register_configs()
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def tiny_cfg(model_dir, tmp_path, *extra):
+    return compose_cfg("model=path", f"model.path={model_dir}", f"cache_dir={tmp_path / 'cache'}",
+                       f"store_dir={tmp_path / 'store'}", "eval=perplexity", f"eval.texts=[{EVAL_DIR / 'code_py.txt'}]",
+                       "eval.seqlen=64", "eval.max_windows=2", "calib=code", "calib.n_samples=2", "calib.seqlen=32", *extra)
+
+
+def test_restore_brings_back_the_exact_original_weights(tmp_path, tiny_llama_dir):
+    cfg = tiny_cfg(tiny_llama_dir, tmp_path)
+    variants = [plan_mod.Variant(plan_mod.method_config("awq"), cfg.calib),
+                plan_mod.Variant(plan_mod.method_config("rtn", {"quantize_lm_head": True}), cfg.calib)]
+    session = session_mod.Session.open(cfg, variants)
+    before = models.fingerprint(session.model)
+    for v in variants:  # AWQ moves norms and Linears; an RTN head unties it from the embeddings
+        session.quantize(v)
+        assert models.fingerprint(session.model) != before
+        session.restore()
+        session.model.to(torch.float32)
+        assert models.fingerprint(session.model) == before
+        assert session_mod.head_is_tied(session.model) == session.tied_head
+
+
+def test_bf16_compute_evaluates_in_bf16_and_quantizes_fp32_master_weights(tmp_path, tiny_llama_dir):
+    cfg = tiny_cfg(tiny_llama_dir, tmp_path, "model.compute_dtype=bf16")
+    v = plan_mod.Variant(plan_mod.method_config("rtn"), cfg.calib)
+    session = session_mod.Session.open(cfg, [v])
+    assert {p.dtype for p in session.model.parameters()} == {torch.bfloat16}  # the FP reference ran in bf16
+    assert all(t.dtype == torch.float32 for t in session.snapshot.values())
+    seen = []
+    method = v.entry.method
+    real = method.quantize
+    try:
+        method.quantize = lambda model, calib, mcfg: seen.append({p.dtype for p in model.parameters()}) or real(model, calib, mcfg)
+        out = session.run_variant(v, "run")
+    finally:
+        method.quantize = real
+    assert seen == [{torch.float32}]  # methods see master weights
+    assert {p.dtype for p in session.model.parameters()} == {torch.bfloat16}
+    assert (out.rows.compute_dtype == "bf16").all()
+    fp32 = tiny_cfg(tiny_llama_dir, tmp_path, "model.compute_dtype=fp32")
+    from harness.config_hash import config_hash
+
+    assert config_hash(cfg) != config_hash(fp32)  # the dtype is part of the identity
+
+
+@pytest.mark.parametrize("names, expected", [(["fp", "rtn", "awq"], ["fp", "rtn", "awq"]),
+                                             (["rtn", "rtn"], ["fp", "rtn"]), ([], ["fp", "rtn"])])
+def test_plan_of_variants(names, expected, tmp_path, tiny_llama_dir):
+    cfg = tiny_cfg(tiny_llama_dir, tmp_path, f"variants=[{','.join(names)}]", "method.bits=3", "method.group_size=32")
+    plan = plan_mod.build(cfg)
+    assert [v.name for v in plan] == expected  # FP first (reference=true), repeats merged
+    quantized = [v for v in plan if not v.entry.reference]
+    assert all(v.method.bits == 3 and v.method.group_size == 32 for v in quantized)  # overrides reach each one
