@@ -1,6 +1,5 @@
 """harness/session.py: pristine weights between variants, master weights for methods and export,
 evaluation in the compute dtype."""
-import pytest
 import torch
 from hydra import compose, initialize_config_module
 
@@ -59,13 +58,3 @@ def test_bf16_compute_evaluates_in_bf16_and_quantizes_fp32_master_weights(tmp_pa
     from harness.config_hash import config_hash
 
     assert config_hash(cfg) != config_hash(fp32)  # the dtype is part of the identity
-
-
-@pytest.mark.parametrize("names, expected", [(["fp", "rtn", "awq"], ["fp", "rtn", "awq"]),
-                                             (["rtn", "rtn"], ["fp", "rtn"]), ([], ["fp", "rtn"])])
-def test_plan_of_variants(names, expected, tmp_path, tiny_llama_dir):
-    cfg = tiny_cfg(tiny_llama_dir, tmp_path, f"variants=[{','.join(names)}]", "method.bits=3", "method.group_size=32")
-    plan = plan_mod.build(cfg)
-    assert [v.name for v in plan] == expected  # FP first (reference=true), repeats merged
-    quantized = [v for v in plan if not v.entry.reference]
-    assert all(v.method.bits == 3 and v.method.group_size == 32 for v in quantized)  # overrides reach each one

@@ -1,4 +1,4 @@
-"""Run-level checks: the config hash (what a resumed sweep skips) and the checks made before a model loads."""
+"""harness/checks.py: the checks made before a model loads."""
 from hydra import compose, initialize_config_module
 
 from harness.config import register_configs
@@ -16,20 +16,6 @@ def check(c):
     from harness.checks import validate_static
 
     validate_static(c, plan.build(c))
-
-
-def test_fp_hash_ignores_quantization_and_calibration_settings():
-    base = config_hash(cfg("method=fp"))
-    assert config_hash(cfg("method=fp", "method.bits=3")) == base
-    assert config_hash(cfg("method=fp", "calib=code")) == base
-    assert config_hash(cfg("method=fp", "eval.max_windows=3")) != base
-
-
-def test_quantized_hash_follows_every_setting_that_moves_numbers():
-    base = config_hash(cfg("method=rtn"))
-    assert config_hash(cfg("method=rtn", "method.bits=3")) != base
-    assert config_hash(cfg("method=gptq", "calib=code")) != config_hash(cfg("method=gptq"))
-    assert config_hash(cfg("method=rtn", "store_dir=/elsewhere")) == base
 
 
 def test_nightly_sweeps_both_bit_widths_into_its_own_store():
@@ -71,3 +57,18 @@ def test_model_device_choices_and_hash():
             check(cfg("model.device=cuda:0"))
         # on a CPU machine auto and cpu are the same run
         assert config_hash(cfg("model.device=cpu")) == config_hash(cfg())
+
+
+def test_writable_probe_leaves_nothing_when_asked(tmp_path):
+    import pytest
+
+    from harness.checks import check_writable
+    from harness.errors import HarnessError
+
+    check_writable(tmp_path / "a" / "b", "store_dir", keep=False)
+    assert not (tmp_path / "a").exists()
+    check_writable(tmp_path / "kept", "store_dir")
+    assert (tmp_path / "kept").is_dir() and not list((tmp_path / "kept").iterdir())
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(HarnessError, match="store_dir=.* is not a writable directory"):
+        check_writable(tmp_path / "file" / "sub", "store_dir")
