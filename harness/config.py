@@ -202,6 +202,9 @@ class DecisionConfig:
     confidence: float = 0.95  # bootstrap interval for "no significant difference"
     n_boot: int = 2000
     seed: int = 0
+    # deployment constraints that remove candidates (harness/runtimes.py holds what each runtime loads)
+    max_weight_mb: Optional[float] = None  # memory budget for the weights, MB (1e6 bytes); None: no limit
+    runtime: str = "any"  # any | vllm | transformers: only variants that runtime can load
 
 
 def schema_nodes() -> dict[str, dict[str, object]]:
