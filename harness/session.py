@@ -52,6 +52,7 @@ class Session:
     tied_head: bool = False
     compute_dtype: str = "fp32"  # what every forward pass of evaluation runs in (models.COMPUTE_DTYPES)
     quantized_master: dict | None = field(repr=False, default=None)  # kept only when export needs it
+    timings: dict = field(default_factory=dict)  # seconds of the shared stages (harness.bench reads them)
 
     @classmethod
     def open(cls, cfg, plan: list[Variant]) -> "Session":
@@ -63,7 +64,8 @@ class Session:
         checks.check_shapes(cfg.model, plan, cfg.export)
         t0 = time.perf_counter()
         model, tok = models.load(cfg.model)
-        print(f"[harness] loaded {cfg.model.name} once in {time.perf_counter() - t0:.1f}s "
+        timings = {"load model": time.perf_counter() - t0}
+        print(f"[harness] loaded {cfg.model.name} once in {timings['load model']:.1f}s "
               f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params) for {len(plan)} variant(s)")
         checks.check_loaded(model, plan, cfg.export)
         # a CPU copy of the original weights: restoring it is much cheaper than reloading the model
@@ -72,10 +74,13 @@ class Session:
         model.to(models.COMPUTE_DTYPES[compute])
         print(f"[harness] evaluation runs in {compute} (model.compute_dtype={cfg.model.compute_dtype}); "
               f"methods quantize {cfg.model.dtype} master weights")
+        t0 = time.perf_counter()
         prepared = {name: suites.prepare(name, tok, cfg) for name in cfg.eval.suites}
+        timings["prepare suites"] = time.perf_counter() - t0
         guard = sanity.Guard.open(model, tok, prepared, cfg, cfg.model.name)  # a broken FP model stops here
         fp_rows, refs = evaluate_reference(model, tok, prepared, cfg)
-        return cls(cfg, model, tok, prepared, fp_rows, refs, started, guard, snapshot, head_is_tied(model), compute)
+        return cls(cfg, model, tok, prepared, fp_rows, refs, started, guard, snapshot, head_is_tied(model), compute,
+                   timings=timings)
 
     @torch.no_grad()
     def restore(self) -> None:
