@@ -80,7 +80,13 @@ def validate_static(cfg, plan) -> None:
 
 
 def check_export(export_cfg, method_cfg) -> None:
-    """An AWQ-GEMM checkpoint holds 4-bit grouped asymmetric-format weights in a fresh directory."""
+    """An AWQ-GEMM or GPTQ checkpoint holds 4-bit grouped asymmetric-format weights in a fresh directory."""
+    from kernels.export import FORMATS
+
+    if export_cfg.format not in FORMATS:
+        raise HarnessError(f"unknown export.format {export_cfg.format!r}; choose one of: {', '.join(FORMATS)}")
+    if export_cfg.dtype not in models.COMPUTE_DTYPES:
+        raise HarnessError(f"unknown export.dtype {export_cfg.dtype!r}; choose one of: {', '.join(models.COMPUTE_DTYPES)}")
     if methods.entry(method_cfg.name).reference:
         raise HarnessError(f"export.dir needs a quantizing method (rtn, awq, gptq, ...), not method={method_cfg.name}")
     if method_cfg.bits != 4 or method_cfg.group_size < 1:

@@ -129,7 +129,9 @@ class EvalConfig:
 
 @dataclass
 class ExportConfig:
-    dir: Optional[str] = None  # write an AWQ-GEMM packed checkpoint here after quantizing (4-bit, grouped)
+    dir: Optional[str] = None  # write a packed 4-bit grouped checkpoint here after quantizing
+    format: str = "awq"  # awq (AWQ-GEMM layout) | gptq (GPTQ v1 layout, desc_act=false)
+    dtype: str = "fp16"  # the unquantized tensors (embedding, norms, FP head): fp16 | bf16 | fp32
 
 
 @dataclass
