@@ -74,9 +74,15 @@ def validate_static(cfg, plan) -> None:
     check_writable(cfg.store_dir, "store_dir")
     check_writable(cfg.cache_dir, "cache_dir")
     if cfg.export.dir:
-        if len(plan) != 1:
-            raise HarnessError("export.dir writes one checkpoint: run a single method, not a list of variants")
-        check_export(cfg.export, plan[0].method)
+        check_export(cfg.export, export_variant(plan).method)
+
+
+def export_variant(plan):
+    """The one variant export.dir writes: the quantized one (the FP reference may run beside it)."""
+    quantized = [v for v in plan if not methods.entry(v.method.name).reference]
+    if len(quantized) > 1:
+        raise HarnessError("export.dir writes one checkpoint: run a single method, not a list of variants")
+    return (quantized or plan)[0]
 
 
 def check_export(export_cfg, method_cfg) -> None:
@@ -133,4 +139,4 @@ def check_loaded(model, plan, export_cfg) -> None:
         if not methods.entry(v.method.name).reference:
             method_spec(v.method, model)
     if export_cfg.dir:
-        check_packable(model, plan[0].method)
+        check_packable(model, export_variant(plan).method)

@@ -153,8 +153,8 @@ class Session:
         self.model.to(models.DTYPES[self.cfg.model.dtype])
         self.model.load_state_dict(self.quantized_master)
         t0 = time.perf_counter()
-        where = export_quantized(self.model, self.tok, result, v.method, self.cfg.export.dir)
-        print(f"[harness] exported AWQ-GEMM checkpoint to {where} in {time.perf_counter() - t0:.1f}s")
+        done = export_quantized(self.model, self.tok, result, v.method, self.cfg.export)
+        print(f"[harness] {done.describe()} in {time.perf_counter() - t0:.1f}s")
 
 
 def head_is_tied(model) -> bool:

@@ -1,4 +1,7 @@
 """`export.dir=...`: a quantized run writes an AWQ-GEMM checkpoint that kernels/export.py reads back."""
+import json
+import os
+import stat
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -28,7 +31,16 @@ def test_rtn_run_exports_a_checkpoint_equal_to_the_fake_quant_model(tiny_llama_d
                 f"hydra.run.dir={tmp_path / 'run'}", *SMALL, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "run" / "results.csv").is_file()
-    loaded, _ = load_checkpoint(ckpt)
+    info = json.loads((ckpt / "export.json").read_text())
+    assert info["format"] == "awq" and info["dtype"] == "fp16"
+    assert info["bytes"] == sum(f.stat().st_size for f in ckpt.iterdir() if f.name != "export.json")
+    assert f"exported AWQ-GEMM checkpoint to {ckpt}: {info['bytes']:,} bytes" in r.stdout
+    umask = os.umask(0o022)
+    os.umask(umask)  # the harness ran under it: 0755/0644 under the usual 022
+    assert stat.S_IMODE(ckpt.stat().st_mode) == 0o777 & ~umask
+    assert {stat.S_IMODE(f.stat().st_mode) for f in ckpt.iterdir()} == {0o666 & ~umask}
+    assert (ckpt / "serving_reference.json").is_file()
+    loaded, _ = load_checkpoint(ckpt, dtype=torch.float32)
     assert sum(isinstance(m, QuantLinear) for m in loaded.modules()) == 2 * 7
     assert loaded.config.quantization_config["group_size"] == 64
 
@@ -37,8 +49,9 @@ def test_rtn_run_exports_a_checkpoint_equal_to_the_fake_quant_model(tiny_llama_d
                                                             quantize_lm_head=False))
     ids = torch.arange(1, 33).view(1, -1)
     with torch.no_grad():
-        # only the fp16 rounding of the scales separates the two (relative weight change <= 2**-11)
-        torch.testing.assert_close(loaded(ids).logits, fake(ids).logits, rtol=0, atol=1e-3)
+        # only the fp16 rounding of the scales and the unquantized tensors separates the two
+        # (relative weight change <= 2**-11 each)
+        torch.testing.assert_close(loaded(ids).logits, fake(ids).logits, rtol=0, atol=2e-3)
     assert not list(tmp_path.glob(".ckpt.*"))  # no temporary directory left behind
 
 
@@ -46,6 +59,8 @@ def test_rtn_run_exports_a_checkpoint_equal_to_the_fake_quant_model(tiny_llama_d
     (["method=fp"], "export.dir needs a quantizing method"),
     (["method=rtn", "method.bits=3"], "export.dir writes 4-bit grouped AWQ-GEMM checkpoints"),
     (["method=rtn", "method.group_size=-1"], "export.dir writes 4-bit grouped AWQ-GEMM checkpoints"),
+    (["method=rtn", "export.dtype=int8"], "unknown export.dtype 'int8'; choose one of: fp32, bf16, fp16"),
+    (["method=rtn", "export.format=gguf"], "unknown export.format 'gguf'; choose one of: awq, gptq"),
 ])
 def test_export_rejects_what_the_format_cannot_hold(args, needle, tmp_path):
     r = harness(*args, f"export.dir={tmp_path / 'ckpt'}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
