@@ -1,16 +1,18 @@
 """Report blocks and their two renderers (Markdown, self-contained HTML) plus the one output writer.
 
-A report is a list of :class:`Block` (headings, paragraphs, tables, figures). The decision report
+A report is a list of :class:`Block` (headings, paragraphs, tables, figures, and rows that set
+blocks side by side in the HTML, one after another in Markdown). The decision report
 (harness.report) and every study (harness.experiments.*.render_sections) build blocks; this module
 turns them into ``report.md`` (figures beside it in ``plots/``) and ``report.html`` (figures
-embedded as base64 PNG). A leaf: it imports nothing from harness but the result-file helpers.
+embedded as base64 PNG; tables sort on a click on their header, by an inline script). A leaf: it
+imports nothing from harness but the result-file helpers.
 """
 from __future__ import annotations
 
 import base64
 import html
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -18,16 +20,17 @@ import pandas as pd
 from harness import results
 
 HEADINGS = ("h1", "h2", "h3")
-KINDS = HEADINGS + ("p", "table", "figure")
+KINDS = HEADINGS + ("p", "table", "figure", "row")
 
 
 @dataclass
 class Block:
-    kind: str  # "h1" | "h2" | "h3" | "p" | "table" | "figure"
+    kind: str  # "h1" | "h2" | "h3" | "p" | "table" | "figure" | "row"
     text: str = ""  # heading/paragraph text (**bold** allowed), or a figure's caption
     table: pd.DataFrame | None = None
     png: bytes | None = None
     name: str = ""  # figure file stem
+    children: list["Block"] = field(default_factory=list)  # a row's blocks, side by side
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -58,6 +61,15 @@ def figure(caption: str, png: bytes | None, name: str) -> Block:
     return Block("figure", caption, png=png, name=name)
 
 
+def row(*children: Block) -> Block:
+    return Block("row", children=list(children))
+
+
+def flat(blocks: list[Block]) -> list[Block]:
+    """The blocks with every row replaced by its children, in order."""
+    return [c for b in blocks for c in (flat(b.children) if b.kind == "row" else [b])]
+
+
 # ---------------------------------------------------------------- Markdown
 
 def _missing(v) -> bool:
@@ -71,7 +83,7 @@ def _markdown_cells(df: pd.DataFrame) -> pd.DataFrame:
 def to_markdown(blocks: list[Block], plots_dir: str | None = "plots") -> str:
     """Markdown; figures link to ``plots_dir/<name>.png`` (left out when ``plots_dir`` is None)."""
     out = []
-    for b in blocks:
+    for b in flat(blocks):
         if b.kind in HEADINGS:
             out += ["#" * int(b.kind[1]) + " " + b.text, ""]
         elif b.kind == "p":
@@ -90,7 +102,20 @@ color:#1d232a;line-height:1.45}h1{border-bottom:2px solid #dde3ea;padding-bottom
 border-bottom:1px solid #e6ebf0;padding-bottom:4px}table{border-collapse:collapse;margin:10px 0 18px;font-size:13px;
 display:block;overflow-x:auto}th,td{border:1px solid #dde3ea;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#f3f6f9}tr:nth-child(even) td{background:#fafbfc}figure{margin:12px 0 22px}img{max-width:100%;
-border:1px solid #eef1f4}figcaption{font-size:13px;color:#55606b}p strong{color:#0b5d1e}"""
+border:1px solid #eef1f4}figcaption{font-size:13px;color:#55606b}p strong{color:#0b5d1e}
+.row{display:flex;gap:18px;align-items:flex-start;flex-wrap:wrap}.row>*{flex:2 1 360px;min-width:0}
+.row>*:first-child{flex:3 1 600px}.row figure{margin:10px 0}.row table{font-size:12px}.row th,.row td{padding:3px 6px}
+.row td:first-child{white-space:nowrap}th.sortable{cursor:pointer}"""
+
+# sort a table on a click on its header: numbers (leading number of a cell) numerically, else as text
+_SCRIPT = r"""document.querySelectorAll("table").forEach(function(t){var h=t.tHead;if(!h)return;
+Array.prototype.forEach.call(h.rows[0].cells,function(th,i){th.classList.add("sortable");th.title="click to sort";
+th.onclick=function(){
+var b=t.tBodies[0],rows=Array.prototype.slice.call(b.rows),up=th.dataset.dir!=="up";th.dataset.dir=up?"up":"down";
+var key=function(r){var s=r.cells[i]?r.cells[i].textContent.trim().replace(/^−/,"-"):"";
+var m=s.match(/^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?/i);return m?parseFloat(m[0]):s};
+rows.sort(function(a,c){var x=key(a),y=key(c);var d=(typeof x==="number"&&typeof y==="number")?x-y:
+String(x).localeCompare(String(y));return up?d:-d});rows.forEach(function(r){b.appendChild(r)})}})});"""
 
 
 def _inline(text: str) -> str:
@@ -98,6 +123,8 @@ def _inline(text: str) -> str:
 
 
 def _html_block(b: Block) -> str | None:
+    if b.kind == "row":
+        return '<div class="row">' + "".join(f"<div>{h}</div>" for h in map(_html_block, b.children) if h) + "</div>"
     if b.kind in HEADINGS:
         return f"<{b.kind}>{html.escape(b.text)}</{b.kind}>"
     if b.kind == "p":
@@ -115,7 +142,7 @@ def to_html(blocks: list[Block], title: str) -> str:
     """One self-contained page: figures embedded, nothing loaded from outside the file."""
     body = [h for h in map(_html_block, blocks) if h is not None]
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+            f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + f"\n<script>{_SCRIPT}</script>\n</body></html>\n")
 
 
 # ---------------------------------------------------------------- the writer
@@ -127,7 +154,7 @@ def write(blocks: list[Block], out_dir: Path, title: str, html_page: bool = True
     out_dir = Path(out_dir)
     written = []
     if html_page:
-        for b in blocks:
+        for b in flat(blocks):
             if b.kind == "figure" and b.png:
                 path = out_dir / "plots" / f"{b.name}.png"
                 results.atomic_write(path, lambda tmp, png=b.png: Path(tmp).write_bytes(png))

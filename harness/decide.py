@@ -20,17 +20,26 @@ smallest variant within tolerance of FP on every task metric is recommended (wit
 the loss vs FP is at most ``DecisionConfig`` tolerance, or not significantly different from 0).
 When no variant is, the one that is best or not significantly worse than the best on the most task
 metrics is recommended (then the smaller worst loss vs FP, then the smaller size).
+
+Signal: a task metric informs a decision only when FP and the variants are not all on the floor (0)
+or all on the ceiling (1 for a score) and at least two of them (FP counted) differ significantly.
+Otherwise it is "no signal at this size (n=…)": listed, but out of every pick, count and vote.
+
+Constraints (``DecisionConfig.max_weight_mb``, ``DecisionConfig.runtime``) remove candidates
+before any pick: a variant over the memory budget, or one the chosen runtime cannot load as this
+harness exports it (harness.runtimes), is reported as excluded and never recommended.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from itertools import combinations
 from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
 
-from harness import results
+from harness import results, runtimes
 from harness.config import DecisionConfig
 from methods.fp import FP
 
@@ -61,10 +70,7 @@ def label_variants(df: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------- intervals
 
 def _samples(row) -> np.ndarray | None:
-    s = row.get(results.SAMPLES) if hasattr(row, "get") else None
-    if s is None or (isinstance(s, float) and math.isnan(s)) or len(s) == 0:
-        return None
-    return np.asarray(s, dtype=float)
+    return _as_array(row.get(results.SAMPLES) if hasattr(row, "get") else None)
 
 
 def _statistic(metric: str, samples: np.ndarray, value: float):
@@ -158,14 +164,24 @@ def _in_tolerances(loss_value: float, tol: float) -> float:
 
 # ---------------------------------------------------------------- the comparison frame
 
-VS_FP_COLUMNS = ["fp_value", "loss", "loss_tol", "vs_fp", "diff", "lo", "hi", "interval", "significant", "within"]
+VS_FP_COLUMNS = ["fp_value", "loss", "loss_tol", "vs_fp", "diff", "lo", "hi", "interval", "significant", "within",
+                 "recovery"]
+SIGNAL_COLUMNS = ["signal", "signal_why"]
+
+
+def recovery(metric: str, value: float, ref: float) -> float:
+    """Quantized score ÷ FP score for higher-is-better metrics (NaN for lower-is-better ones, whose
+    change vs FP is :func:`loss`, and where FP scores 0)."""
+    if results.lower_is_better(metric) or not float(ref) > 0:
+        return NAN
+    return float(value) / float(ref)
 
 
 def _vs_fp(row, fp, cfg: DecisionConfig) -> dict:
     """The frame's FP columns for one row (``fp``: the FP row of the same task metric, or None)."""
     if fp is None:
         return dict(fp_value=NAN, loss=NAN, loss_tol=NAN, vs_fp="", diff=NAN, lo=NAN, hi=NAN,
-                    interval="no FP reference", significant=False, within=False)
+                    interval="no FP reference", significant=False, within=False, recovery=NAN)
     metric = row["metric"]
     lv = loss(metric, row["value"], fp["value"])
     reference = row["method"] == FP
@@ -173,7 +189,8 @@ def _vs_fp(row, fp, cfg: DecisionConfig) -> dict:
     tol = tolerance(metric, cfg)
     return dict(fp_value=float(fp["value"]), loss=lv, loss_tol=_in_tolerances(lv, tol),
                 vs_fp=describe_change(metric, lv), diff=iv.diff, lo=iv.lo, hi=iv.hi, interval=iv.how,
-                significant=iv.significant, within=bool(lv <= tol or not iv.significant))
+                significant=iv.significant, within=bool(lv <= tol or not iv.significant),
+                recovery=recovery(metric, row["value"], fp["value"]))
 
 
 def frame(df: pd.DataFrame, cfg: DecisionConfig | None = None) -> pd.DataFrame:
@@ -183,16 +200,59 @@ def frame(df: pd.DataFrame, cfg: DecisionConfig | None = None) -> pd.DataFrame:
     ``loss`` (vs FP, natural unit, see :func:`loss`) and ``loss_tol`` (the same in tolerances);
     ``vs_fp`` (the change as text, "" without FP); ``diff``, ``lo``, ``hi``, ``interval`` (value −
     FP with its interval and how it was computed) and ``significant``; ``within`` (within
-    tolerance of FP; False without an FP row)."""
+    tolerance of FP; False without an FP row); ``recovery`` (see :func:`recovery`); ``signal`` and
+    ``signal_why`` (see :func:`signal`; study rows always have signal)."""
     cfg = cfg or DecisionConfig()
-    d = label_variants(df.drop(columns=VS_FP_COLUMNS + ["study"], errors="ignore"))
+    d = label_variants(df.drop(columns=VS_FP_COLUMNS + SIGNAL_COLUMNS + ["study"], errors="ignore"))
     d["weight_bytes"] = d.apply(results.weight_bytes, axis=1)
     d["quant_seconds"] = d["quant_seconds"].map(_num) if "quant_seconds" in d else NAN
     d["study"] = is_study(d)
     ref = d[(d["method"] == FP) & ~d["study"]]
     fp = {tuple(r[k] for k in ["model"] + TASK_KEY): r for _, r in ref.iterrows()}
     cols = [_vs_fp(r, fp.get(tuple(r[k] for k in ["model"] + TASK_KEY)), cfg) for _, r in d.iterrows()]
-    return pd.concat([d, pd.DataFrame(cols, columns=VS_FP_COLUMNS, index=d.index)], axis=1)
+    d = pd.concat([d, pd.DataFrame(cols, columns=VS_FP_COLUMNS, index=d.index)], axis=1)
+    return _with_signal(d, cfg)
+
+
+# ---------------------------------------------------------------- the signal rule
+
+def _at_one_bound(metric: str, values: pd.Series) -> str:
+    v = values.astype(float).dropna()
+    if len(v) and (v == 0).all():
+        return "all at 0 (the floor)"
+    if len(v) and not results.lower_is_better(metric) and (v == 1).all():
+        return "all at 1 (the ceiling)"
+    return ""
+
+
+def _some_pair_differs(rows: pd.DataFrame, cfg: DecisionConfig) -> bool:
+    """Whether any two rows (FP counted) differ significantly; the widest gaps are tried first."""
+    recs = [r for _, r in rows.iterrows()]
+    pairs = sorted(combinations(recs, 2), key=lambda ab: -abs(_num(ab[0]["value"]) - _num(ab[1]["value"])))
+    return any(compare(a, b, cfg).significant for a, b in pairs)
+
+
+def signal(rows: pd.DataFrame, cfg: DecisionConfig) -> tuple[bool, str]:
+    """(has signal, why not) for the frame rows of one task metric, FP included."""
+    metric = rows["metric"].iloc[0]
+    n = int(pd.to_numeric(rows["n"], errors="coerce").max()) if rows["n"].notna().any() else None
+    size = f"no signal at this size (n={n if n is not None else '?'})"
+    bound = _at_one_bound(metric, rows["value"])
+    if bound:
+        return False, f"{size}: {bound}"
+    if len(rows) < 2 or _some_pair_differs(rows, cfg):
+        return True, ""
+    return False, f"{size}: no two of {'FP and ' if (rows['method'] == FP).any() else ''}the " \
+                  f"{int((rows['method'] != FP).sum())} variants differ significantly"
+
+
+def _with_signal(d: pd.DataFrame, cfg: DecisionConfig) -> pd.DataFrame:
+    d = d.assign(signal=True, signal_why="")
+    main = d[~d["study"]]
+    for _, rows in main.groupby(["model"] + TASK_KEY, sort=False):
+        has, why = signal(rows, cfg)
+        d.loc[rows.index, "signal"], d.loc[rows.index, "signal_why"] = has, why
+    return d
 
 
 def mb(nbytes: float) -> str:
@@ -276,11 +336,17 @@ def _variant_summary(g: pd.DataFrame) -> dict:
             "bytes": first["weight_bytes"], "seconds": first["quant_seconds"]}
 
 
-def variant_table(quant: pd.DataFrame) -> pd.DataFrame:
+def variant_table(quant: pd.DataFrame, picks: list[TaskPick] | None = None) -> pd.DataFrame:
     """One row per quantized variant: task metrics, how many within tolerance, the worst loss vs FP
-    (text and in tolerances), size and quantization seconds."""
+    (text and in tolerances), size, quantization seconds and ``top``: on how many task metrics it is
+    the best or not significantly worse than the best (quality alone: a pick settled by size or
+    quantization time is no evidence that a variant is better)."""
     q = quant.sort_values(TASK_KEY, kind="stable")
-    return pd.DataFrame([_variant_summary(q[q["variant"] == v]) for v in dict.fromkeys(q["variant"])])
+    table = pd.DataFrame([_variant_summary(q[q["variant"] == v]) for v in dict.fromkeys(q["variant"])])
+    if table.empty:
+        return table
+    top = pd.Series([v for p in picks or [] for v in p.leaders], dtype=object).value_counts()
+    return table.assign(top=table["variant"].map(top).fillna(0).astype(int))
 
 
 def _fp_size(f: pd.DataFrame) -> str:
@@ -292,23 +358,22 @@ def _smallest_within(ok: pd.DataFrame, table: pd.DataFrame, fp_size: str) -> tup
     best = ok.sort_values(["bytes", "worst_loss"]).iloc[0]
     return best["variant"], (
         f"{best['variant']}: within tolerance of FP (or not significantly worse) on all "
-        f"{int(best['tasks'])} task metrics (worst: {best['worst']}); smallest size within tolerance "
+        f"{int(best['tasks'])} task metrics with signal (worst: {best['worst']}); smallest size within tolerance "
         f"({mb(best['bytes'])}{fp_size}), {len(ok)} of {len(table)} variants qualify")
 
 
-def _best_quality(complete: pd.DataFrame, picks: list[TaskPick], n_keys: int, fp_size: str) -> tuple[str, str]:
-    # quality alone: a pick settled by size or quantization time is no evidence that a variant is better
-    top = pd.Series([v for p in picks for v in p.leaders]).value_counts()
-    best = complete.assign(top=complete["variant"].map(top).fillna(0)).sort_values(
+def _best_quality(complete: pd.DataFrame, n_keys: int, fp_size: str) -> tuple[str, str]:
+    best = complete.sort_values(
         ["top", "worst_loss", "bytes"], ascending=[False, True, True]).iloc[0]
     return best["variant"], (
-        f"no variant stays within tolerance of FP on every task metric ({n_keys}); {best['variant']} "
+        f"no variant stays within tolerance of FP on every task metric with signal ({n_keys}); {best['variant']} "
         f"is best or not significantly worse than the best on {int(best['top'])} of them and its worst loss is "
         f"{best['worst']} ({mb(best['bytes'])}{fp_size}) — consider more bits or a smaller group size")
 
 
-def overall_pick(f: pd.DataFrame, table: pd.DataFrame, picks: list[TaskPick]) -> tuple[str, str]:
-    """(variant, why) over all task metrics; ``f``: the frame without study rows."""
+def overall_pick(f: pd.DataFrame, table: pd.DataFrame) -> tuple[str, str]:
+    """(variant, why) over all task metrics; ``f``: the judged frame rows (no study rows),
+    ``table``: :func:`variant_table` with ``top``."""
     complete = table[table["tasks"] == table["tasks"].max()]
     if not (f["method"] == FP).any():
         best = complete.sort_values("bytes").iloc[0]
@@ -318,7 +383,51 @@ def overall_pick(f: pd.DataFrame, table: pd.DataFrame, picks: list[TaskPick]) ->
     if len(ok):
         return _smallest_within(ok, table, _fp_size(f))
     n_keys = f[f["method"] != FP].groupby(TASK_KEY).ngroups
-    return _best_quality(complete, picks, n_keys, _fp_size(f))
+    return _best_quality(complete, n_keys, _fp_size(f))
+
+
+# ---------------------------------------------------------------- deployment constraints
+
+def _variant_rows(quant: pd.DataFrame) -> dict[str, pd.Series]:
+    return {v: g.iloc[0] for v, g in quant.groupby("variant", sort=False)}
+
+
+def constraint_failures(quant: pd.DataFrame, cfg: DecisionConfig) -> dict[str, str]:
+    """variant → why the user's constraints remove it (memory budget, runtime); absent when it meets them."""
+    out = {}
+    for variant, r in _variant_rows(quant).items():
+        why = []
+        size = _num(r["weight_bytes"])
+        if cfg.max_weight_mb is not None and not size <= cfg.max_weight_mb * 1e6:
+            why.append(f"{mb(size)} exceeds the {cfg.max_weight_mb:g} MB budget")
+        if cfg.runtime != runtimes.ANY:
+            reason = runtimes.why_not(r["method"], int(r["bits"]), int(r["group_size"]), is_symmetric(r),
+                                      runtimes.check_choice(cfg.runtime))
+            why += [reason] if reason else []
+        if why:
+            out[variant] = "; ".join(why)
+    return out
+
+
+def is_symmetric(row) -> bool:
+    v = row.get("symmetric") if hasattr(row, "get") else None
+    return False if v is None or (isinstance(v, float) and math.isnan(v)) else bool(v)
+
+
+def constraints_text(cfg: DecisionConfig) -> str:
+    budget = f"at most {cfg.max_weight_mb:g} MB of weights" if cfg.max_weight_mb is not None else "no memory budget"
+    runtime = "any runtime" if cfg.runtime == runtimes.ANY else f"loadable by {cfg.runtime}"
+    return f"{budget}, {runtime}"
+
+
+# ---------------------------------------------------------------- the decision
+
+@dataclass
+class NoSignal:
+    suite: str
+    task: str
+    metric: str
+    why: str  # "no signal at this size (n=…): …"
 
 
 @dataclass
@@ -326,23 +435,90 @@ class Decision:
     tasks: list[TaskPick]
     overall: str | None
     overall_why: str
-    table: pd.DataFrame  # one row per variant: size, quant time, within-tolerance count, worst loss
+    table: pd.DataFrame  # one row per candidate variant: size, quant time, within-tolerance count, worst loss
+    no_signal: list[NoSignal] = field(default_factory=list)  # task metrics out of every vote
+    excluded: dict[str, str] = field(default_factory=dict)  # variant → the constraint it fails
+
+
+def no_signal_list(f: pd.DataFrame) -> list[NoSignal]:
+    rows = f[~f["signal"]].drop_duplicates(subset=TASK_KEY).sort_values(TASK_KEY)
+    return [NoSignal(r["suite"], r["task"], r["metric"], r["signal_why"]) for _, r in rows.iterrows()]
+
+
+def _without_candidates(f, quant, excluded, cfg) -> str | None:
+    if quant.empty:
+        return "no quantized variants in these results"
+    if len(excluded) == quant["variant"].nunique():
+        return f"no variant meets the constraints ({constraints_text(cfg)})"
+    if not f["signal"].any():
+        return "no task metric has signal at this size: nothing tells the variants apart"
+    return None
 
 
 def recommend(f: pd.DataFrame, cfg: DecisionConfig | None = None) -> Decision:
-    """The decision rules on a comparison frame (see :func:`frame`; study rows are ignored)."""
+    """The decision rules on a comparison frame (see :func:`frame`; study rows are ignored): only
+    task metrics with signal and only variants that meet the constraints take part."""
     cfg = cfg or DecisionConfig()
     f = f[~f["study"]]
-    quant = f[f["method"] != FP]
+    excluded = constraint_failures(f[f["method"] != FP], cfg)
+    judged = f[f["signal"] & ~f["variant"].isin(list(excluded))]
+    quant = judged[judged["method"] != FP]
     picks = pick_tasks(quant, cfg)
-    table = variant_table(quant)
-    if table.empty:
-        return Decision(picks, None, "no quantized variants in these results", table)
-    overall, why = overall_pick(f, table, picks)
-    return Decision(picks, overall, why, table)
+    table = variant_table(quant, picks)
+    empty = _without_candidates(f, f[f["method"] != FP], excluded, cfg)
+    if empty or table.empty:
+        return Decision(picks, None, empty or "no candidate has a task metric with signal", table,
+                        no_signal_list(f), excluded)
+    overall, why = overall_pick(judged, table)
+    return Decision(picks, overall, why, table, no_signal_list(f), excluded)
 
 
 def decide(df: pd.DataFrame, cfg: DecisionConfig | None = None) -> Decision:
     """Recommendations for a table of result rows of one model: build the frame, apply the rules."""
     cfg = cfg or DecisionConfig()
     return recommend(frame(df, cfg), cfg)
+
+
+# ---------------------------------------------------------------- fidelity statistics and flips
+
+QUANTILES = (("median", 50.0), ("p99", 99.0), ("p99.9", 99.9))
+
+
+def distribution(values) -> dict[str, float]:
+    """Mean and the quantiles llama.cpp's KL-divergence report prints (median, p99, p99.9), linear
+    interpolation as numpy's default; NaN for no values."""
+    v = np.asarray([x for x in np.asarray(values, dtype=float).ravel() if not math.isnan(x)])
+    if not len(v):
+        return {"mean": NAN, **{name: NAN for name, _ in QUANTILES}}
+    return {"mean": float(v.mean()), **{name: float(np.percentile(v, q)) for name, q in QUANTILES}}
+
+
+def is_binary(samples) -> bool:
+    s = np.asarray(samples, dtype=float)
+    return len(s) > 0 and bool(np.isin(s, (0.0, 1.0)).all())
+
+
+@dataclass
+class Flips:
+    lost: int  # right with FP, wrong quantized
+    gained: int  # wrong with FP, right quantized
+    n: int
+
+    @property
+    def net(self) -> int:
+        return self.gained - self.lost
+
+
+def flips(fp_samples, samples) -> Flips | None:
+    """Per-item right↔wrong changes against FP for a pass/fail or multiple-choice metric (same items,
+    same order); None when the samples are not two equal-length 0/1 lists."""
+    a, b = _as_array(fp_samples), _as_array(samples)
+    if a is None or b is None or len(a) != len(b) or not (is_binary(a) and is_binary(b)):
+        return None
+    return Flips(lost=int(((a == 1) & (b == 0)).sum()), gained=int(((a == 0) & (b == 1)).sum()), n=len(a))
+
+
+def _as_array(samples) -> np.ndarray | None:
+    if samples is None or (isinstance(samples, float) and math.isnan(samples)) or len(samples) == 0:
+        return None
+    return np.asarray(samples, dtype=float)

@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -54,28 +55,94 @@ def perplexity_grid(d: pd.DataFrame, metric: str = "ppl_token") -> bytes | None:
     return _png(fig)
 
 
-def delta_heatmap(cells: pd.DataFrame, order: list[str] | None = None) -> bytes | None:
-    """``cells``: variant × column with ``loss`` (vs FP, in units of the tolerance) and ``text``;
-    rows in ``order`` when given."""
+def _symlog_norm(worse: np.ndarray, linear_within: float):
+    """A colour scale symmetric about 0, linear within ±``linear_within`` % and logarithmic beyond,
+    so that +10% and +300% get different colours."""
+    from matplotlib.colors import SymLogNorm
+
+    finite = np.abs(worse[np.isfinite(worse)])
+    lim = max(float(finite.max()) if finite.size else 1.0, 2 * linear_within)
+    return SymLogNorm(linthresh=linear_within, linscale=0.6, vmin=-lim, vmax=lim, base=10)
+
+
+def delta_heatmap(cells: pd.DataFrame, order: list[str] | None = None, linear_within: float = 2.0) -> bytes | None:
+    """``cells``: variant × column with ``worse`` (% worse than FP, < 0 better), ``text``,
+    ``significant`` (framed, text starred by the caller) and ``signal`` (False: the column is grey)."""
     if cells.empty:
         return None
-    loss = cells.pivot_table(index="variant", columns="column", values="loss", aggfunc="mean")
-    text = cells.pivot_table(index="variant", columns="column", values="text", aggfunc="first")
-    if order:
-        rows = [v for v in order if v in loss.index] + [v for v in loss.index if v not in order]
-        loss, text = loss.reindex(rows), text.reindex(rows)
-    fig, ax = plt.subplots(figsize=(1.3 + 1.05 * loss.shape[1], 0.9 + 0.45 * loss.shape[0]))
-    vals = np.clip(loss.to_numpy(dtype=float), -3, 3)
-    im = ax.imshow(vals, cmap="RdYlGn_r", vmin=-3, vmax=3, aspect="auto")
-    ax.set_xticks(range(loss.shape[1]), loss.columns, rotation=40, ha="right", fontsize=8)
-    ax.set_yticks(range(loss.shape[0]), loss.index, fontsize=8)
-    for i in range(loss.shape[0]):
-        for j in range(loss.shape[1]):
-            t = text.iloc[i, j] if j < text.shape[1] else None
-            if isinstance(t, str):
-                ax.text(j, i, t, ha="center", va="center", fontsize=7, color="white" if abs(vals[i, j]) > 2 else "black")
-    fig.colorbar(im, ax=ax, fraction=0.04).set_label("loss vs FP in tolerances\n(< 0 better, clipped at ±3)", fontsize=8)
-    ax.set_title("change vs FP", fontsize=9)
+    worse = cells.pivot_table(index="variant", columns="column", values="worse", aggfunc="mean", dropna=False)
+    cols = list(worse.columns)
+    text = cells.pivot_table(index="variant", columns="column", values="text", aggfunc="first").reindex(columns=cols)
+    sig = cells.assign(significant=cells["significant"].astype(float)).pivot_table(
+        index="variant", columns="column", values="significant", aggfunc="max").reindex(columns=cols)
+    signal = cells.groupby("column")["signal"].any().reindex(cols)
+    rows = [v for v in (order or []) if v in worse.index] + [v for v in worse.index if v not in (order or [])]
+    worse, text, sig = worse.reindex(rows), text.reindex(rows), sig.reindex(rows)
+    vals = worse.to_numpy(dtype=float)
+    shown = np.ma.masked_where(~np.isfinite(vals) | ~signal.to_numpy()[None, :], vals)
+    cmap = plt.get_cmap("RdYlGn_r").with_extremes(bad="#e4e7eb")
+    fig, ax = plt.subplots(figsize=(1.6 + 0.95 * len(cols), 1.0 + 0.42 * len(rows)))
+    im = ax.imshow(shown, cmap=cmap, norm=_symlog_norm(vals, linear_within), aspect="auto")
+    labels = [c if signal[c] else f"{c}\n(no signal)" for c in cols]
+    ax.set_xticks(range(len(cols)), labels, rotation=40, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    for i in range(len(rows)):
+        for j, c in enumerate(cols):
+            _heatmap_cell(ax, i, j, text.iloc[i, j], sig.iloc[i, j] == 1, bool(signal[c]))
+    bar = fig.colorbar(im, ax=ax, fraction=0.04)
+    _percent_ticks(bar, im.norm.vmax, linear_within)
+    bar.set_label(f"% worse than FP (symmetric log scale,\nlinear within ±{linear_within:g}%; < 0 better)", fontsize=8)
+    ax.set_title("change vs FP (* and frame: significant, 95% interval)", fontsize=9)
+    return _png(fig)
+
+
+def _signed_percent(v: float, _pos=None) -> str:
+    return "0" if v == 0 else f"{v:+g}%"
+
+
+def _percent_ticks(bar, lim: float, linear_within: float) -> None:
+    steps = [linear_within, 10, 30, 100, 300, 1000]
+    ticks = sorted({0.0} | {sign * t for t in steps if t <= lim for sign in (1, -1)})
+    bar.set_ticks(ticks)
+    bar.ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_signed_percent))
+    bar.ax.tick_params(labelsize=7)
+
+
+def _heatmap_cell(ax, i: int, j: int, text, significant: bool, signal: bool) -> None:
+    if not isinstance(text, str):
+        return
+    ax.text(j, i, text, ha="center", va="center", fontsize=7, color="black" if signal else "#8a939c")
+    if significant and signal:
+        ax.add_patch(plt.Rectangle((j - 0.47, i - 0.44), 0.94, 0.88, fill=False, edgecolor="#1d232a", linewidth=1.3))
+
+
+def quality_vs_size(points: pd.DataFrame, ylabel: str, budget_mb: float | None = None) -> bytes | None:
+    """One point per variant (FP included) at its weight size with its interval: ``points`` has
+    variant, method, weight_mb, quality, lo, hi and ``excluded`` (drawn hollow)."""
+    pts = points.dropna(subset=["weight_mb", "quality"])
+    if pts.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(5.4, 3.3))
+    for i, (method, m) in enumerate(pts.groupby("method", sort=True)):
+        color = "black" if method == FP else f"C{i}"
+        err = np.vstack([(m["quality"] - m["lo"]).clip(lower=0), (m["hi"] - m["quality"]).clip(lower=0)])
+        ax.errorbar(m["weight_mb"], m["quality"], yerr=np.nan_to_num(err), fmt="none", ecolor=color, alpha=0.6, capsize=3)
+        face = [("white" if x else color) for x in m["excluded"]]
+        ax.scatter(m["weight_mb"], m["quality"], s=40, label=method, marker="*" if method == FP else "o",
+                   facecolors=face, edgecolors=color, zorder=3)
+    for (x, y), dy in _stacked_label_offsets(pts).items():
+        ax.annotate(pts.loc[(pts["weight_mb"] == x) & (pts["quality"] == y), "variant"].iloc[0], (x, y), fontsize=7,
+                    xytext=(6, dy), textcoords="offset points", va="center")
+    if budget_mb is not None:
+        ax.axvline(budget_mb, color="#b3261e", linestyle=":", linewidth=1.2, label=f"budget {budget_mb:g} MB")
+    ax.set_yscale("symlog", linthresh=10)
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_signed_percent))
+    ax.margins(x=0.2, y=0.15)
+    ax.set_xlabel("weight size (MB)", fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     return _png(fig)
 
 
@@ -98,6 +165,17 @@ def quality_scatter(points: pd.DataFrame, x: str, xlabel: str, ylabel: str, logx
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _png(fig)
+
+
+def _stacked_label_offsets(pts: pd.DataFrame) -> dict[tuple[float, float], float]:
+    """Vertical label offsets (points) so that variants of one size, whose points nearly coincide,
+    get labels one above the other, the worst on top."""
+    out = {}
+    for _, g in pts.groupby(pts["weight_mb"].round(1)):
+        g = g.sort_values("quality", ascending=False)
+        for rank, (x, y) in enumerate(zip(g["weight_mb"], g["quality"])):
+            out[(x, y)] = 9.0 * (len(g) - 1) / 2 - 9.0 * rank
+    return out
 
 
 def matrix(table: pd.DataFrame, title: str, fmt: str = "{:+.1f}%", cmap: str = "RdYlGn_r") -> bytes | None:

@@ -4,7 +4,10 @@ Matches every metric of the baseline (model, variant, suite, task, metric) in th
 and prints a diff table. Exit 1 when any metric degrades beyond its tolerance, 0 otherwise, 2 on
 unusable input. Tolerances (defaults in harness.config.RegressConfig): perplexity-like metrics
 (see results.lower_is_better) may rise by ``ppl_rel_tol`` relative; other metrics may drop by
-``score_stderr_tol`` combined standard errors (sqrt(se_base² + se_current²)).
+``score_stderr_tol`` combined standard errors (sqrt(se_base² + se_current²)). With
+``--min-recovery R`` a score also regresses when its recovery (current ÷ baseline, the number
+llm-compressor's regression gates use) falls below R; each row reports both rules and the status is
+the worse of the two.
 """
 from __future__ import annotations
 
@@ -39,7 +42,32 @@ def _verdict(metric: str, base: float, base_se: float, cur: float, cur_se: float
     return f"{cur - base:+.4f}", f"−{allowed:.4f} ({cfg.score_stderr_tol:g}·se)", status
 
 
-def diff(baseline: pd.DataFrame, current: pd.DataFrame, cfg: RegressConfig) -> pd.DataFrame:
+def _recovery_verdict(metric: str, base: float, cur: float, min_recovery: float | None) -> tuple[str, str]:
+    """(recovery text, recovery rule) for a score; ("—", "—") for lower-is-better metrics or a zero
+    baseline. The rule is "—" without a threshold."""
+    if results.lower_is_better(metric) or not base > 0:
+        return "—", "—"
+    rec = cur / base
+    if min_recovery is None:
+        return f"{rec:.3f}", "—"
+    return f"{rec:.3f}", "REGRESSED" if rec < min_recovery else f"ok (≥ {min_recovery:g})"
+
+
+def _row(key, b, c, cfg: RegressConfig, min_recovery: float | None) -> dict:
+    change, tol, rule = _verdict(key[-1], b["value"], b["stderr"], c["value"], c["stderr"], cfg)
+    rec, rec_rule = _recovery_verdict(key[-1], b["value"], c["value"], min_recovery)
+    status = "REGRESSED" if "REGRESSED" in (rule, rec_rule) else rule
+    return {**dict(zip(KEY, key)), "baseline": results.fmt_value(b["value"], None),
+            "current": results.fmt_value(c["value"], None), "change": change, "tolerance": tol,
+            "tolerance rule": rule, "recovery": rec, "recovery rule": rec_rule, "status": status}
+
+
+COLUMNS = KEY + ["baseline", "current", "change", "tolerance", "tolerance rule", "recovery", "recovery rule", "status"]
+
+
+def diff(baseline: pd.DataFrame, current: pd.DataFrame, cfg: RegressConfig,
+         min_recovery: float | None = None) -> pd.DataFrame:
+    """One row per baseline or current metric: both rules (tolerance; recovery with ``min_recovery``)."""
     base, cur = _table(baseline), _table(current)
     if not len(base.index.intersection(cur.index)):
         raise HarnessError(f"baseline and current share no metric (baseline variants: "
@@ -47,19 +75,14 @@ def diff(baseline: pd.DataFrame, current: pd.DataFrame, cfg: RegressConfig) -> p
                            f"{', '.join(sorted(set(cur.index.get_level_values('variant'))))})")
     rows = []
     for key, b in base.iterrows():
-        entry = dict(zip(KEY, key), baseline=results.fmt_value(b["value"], None))
-        if key not in cur.index:
-            rows.append({**entry, "current": "—", "change": "—", "tolerance": "—",
-                         "status": "MISSING" if cfg.fail_on_missing else "missing"})
+        if key in cur.index:
+            rows.append(_row(key, b, cur.loc[key], cfg, min_recovery))
             continue
-        c = cur.loc[key]
-        change, tol, status = _verdict(key[-1], b["value"], b["stderr"], c["value"], c["stderr"], cfg)
-        rows.append({**entry, "current": results.fmt_value(c["value"], None), "change": change, "tolerance": tol,
-                     "status": status})
+        rows.append({**dict(zip(KEY, key)), "baseline": results.fmt_value(b["value"], None),
+                     "status": "MISSING" if cfg.fail_on_missing else "missing"})
     for key in cur.index.difference(base.index):
-        rows.append({**dict(zip(KEY, key)), "baseline": "—", "current": results.fmt_value(cur.loc[key, "value"], None),
-                     "change": "—", "tolerance": "—", "status": "new"})
-    return pd.DataFrame(rows, columns=KEY + ["baseline", "current", "change", "tolerance", "status"])
+        rows.append({**dict(zip(KEY, key)), "current": results.fmt_value(cur.loc[key, "value"], None), "status": "new"})
+    return pd.DataFrame(rows, columns=COLUMNS).fillna("—")
 
 
 def save_baseline(df: pd.DataFrame, path) -> None:
@@ -81,6 +104,8 @@ def main(argv=None) -> int:
                     help=f"relative rise allowed for perplexity-like metrics (default {defaults.ppl_rel_tol})")
     ap.add_argument("--score-stderr-tol", type=float, default=defaults.score_stderr_tol,
                     help=f"drop allowed for scores, in standard errors (default {defaults.score_stderr_tol})")
+    ap.add_argument("--min-recovery", type=float, default=None, metavar="R",
+                    help="also fail a score whose recovery (current ÷ baseline) is below R, e.g. 0.95 (default: off)")
     ap.add_argument("--allow-missing", action="store_true", help="a baseline metric missing from current is not a failure")
     ap.add_argument("--only-failures", action="store_true", help="print only rows that are not ok")
     ap.add_argument("--save-baseline", metavar="CSV", help="write --current as a new baseline file (one row per "
@@ -97,7 +122,10 @@ def main(argv=None) -> int:
             raise HarnessError("give --baseline FILE (or --save-baseline CSV to create one from --current)")
         if cfg.ppl_rel_tol < 0 or cfg.score_stderr_tol < 0:
             raise HarnessError("tolerances must be >= 0")
-        table = diff(store.read_any(args.baseline, "baseline"), store.read_any(args.current, "current"), cfg)
+        if args.min_recovery is not None and not 0 < args.min_recovery <= 1:
+            raise HarnessError(f"--min-recovery must be in (0, 1], got {args.min_recovery:g}")
+        table = diff(store.read_any(args.baseline, "baseline"), store.read_any(args.current, "current"), cfg,
+                     args.min_recovery)
     except HarnessError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -28,12 +28,24 @@ def test_markdown_headings_tables_and_figure_links():
 def test_html_is_self_contained_and_escaped():
     page = blocks.to_html(sample() + [blocks.p("<script>x</script>")], "T & co")
     assert "<title>T &amp; co</title>" in page and "<strong>bold</strong>" in page
-    assert page.count("data:image/png;base64,") == 1 and "&lt;script&gt;" in page and "<script>" not in page
-    assert "<table" in page and "—" in page
+    assert page.count("data:image/png;base64,") == 1 and "&lt;script&gt;x" in page
+    assert page.count("<script>") == 1 and "src=" not in page.replace('src="data:', "")  # our inline sorter only
+    assert "<table" in page and "—" in page and "sortable" in page
+
+
+def test_a_row_sets_blocks_side_by_side_in_html_and_in_order_in_markdown(tmp_path):
+    side = [blocks.p("Verdict."), blocks.row(blocks.table(pd.DataFrame({"a": [1]})), blocks.figure("Fig", PNG, "side"))]
+    md = blocks.to_markdown(side)
+    assert md.index("| a |") < md.index("![Fig](plots/side.png)")
+    page = blocks.to_html(side, "T")
+    assert '<div class="row"><div><table' in page and "</figure></div></div>" in page
+    assert [b.kind for b in blocks.flat(side)] == ["p", "table", "figure"]
+    written = blocks.write(side, tmp_path, "T")
+    assert (tmp_path / "plots" / "side.png").read_bytes() == PNG and len(written) == 3
 
 
 def test_unknown_kind_is_refused():
-    with pytest.raises(ValueError, match="unknown block kind 'h4'; choose one of: h1, h2, h3, p, table, figure"):
+    with pytest.raises(ValueError, match="unknown block kind 'h4'; choose one of: h1, h2, h3, p, table, figure, row"):
         Block("h4", "x")
 
 

@@ -189,3 +189,101 @@ def test_without_fp_or_without_quantized_rows(keep, why):
     dec = decide.decide(df[df["method"].isin(keep)])
     assert why in dec.overall_why
     assert (dec.overall == "awq w4 g64") if keep == ["awq"] else dec.overall is None
+
+
+# ---------------------------------------------------------------- the signal rule
+
+def runs_with(extra_fp, extra_awq, extra_rtn):
+    """small_runs plus one more task metric per variant (rows built by the caller)."""
+    rng = np.random.default_rng(5)
+    nll = rng.normal(2.5, 0.4, 16)
+    fp = [dict(ppl_row(nll), method=FP), dict(extra_fp, method=FP)]
+    return pd.concat([run_rows("awq", 4, 64, fp + [ppl_row(nll + 0.01), extra_awq]),
+                      run_rows("rtn", 4, 64, fp + [ppl_row(nll + 0.25), extra_rtn], quant_seconds=1.0)],
+                     ignore_index=True)
+
+
+def json_row(passed, metric="schema_valid"):
+    return score_row(np.asarray(passed, dtype=float), task="json_schema", suite="json", metric=metric)
+
+
+def test_a_metric_every_variant_scores_zero_has_no_signal_and_no_recommendation():
+    zeros = json_row(np.zeros(16))
+    f = decide.frame(runs_with(zeros, zeros, zeros))
+    schema = f[f["metric"] == "schema_valid"]
+    assert not schema["signal"].any() and (f.loc[f["metric"] == "ppl_token", "signal"]).all()
+    assert schema["signal_why"].iloc[0] == "no signal at this size (n=16): all at 0 (the floor)"
+    dec = decide.recommend(f)
+    assert [p.metric for p in dec.tasks] == ["ppl_token"]  # no pick on schema_valid, not even a tie
+    assert [(n.metric, n.why) for n in dec.no_signal] == [("schema_valid", schema["signal_why"].iloc[0])]
+    assert (dec.table["tasks"] == 1).all()  # out of the within-tolerance counts and the votes
+    assert dec.overall == "awq w4 g64"
+
+
+def test_one_lucky_item_is_no_signal_but_a_drop_from_the_ceiling_is():
+    one = np.zeros(16)
+    one[3] = 1.0  # the HumanEval case: FP 0/20, one variant 1/20
+    f = decide.frame(runs_with(json_row(np.zeros(16), "pass@1"), json_row(one, "pass@1"), json_row(np.zeros(16), "pass@1")))
+    why = f.loc[f["metric"] == "pass@1", "signal_why"].iloc[0]
+    assert why == "no signal at this size (n=16): no two of FP and the 2 variants differ significantly"
+    dropped = np.ones(16)
+    dropped[:10] = 0.0  # FP and AWQ at the ceiling, RTN loses 10 of 16: that is evidence
+    f = decide.frame(runs_with(json_row(np.ones(16), "needle_match"), json_row(np.ones(16), "needle_match"),
+                               json_row(dropped, "needle_match")))
+    assert f.loc[f["metric"] == "needle_match", "signal"].all()
+
+
+def test_recovery_is_quantized_over_fp_for_scores_only():
+    f = decide.frame(small_runs()).set_index(["variant", "metric"])
+    assert math.isclose(f.loc[("rtn w4 g64", "pass@1"), "recovery"],
+                        f.loc[("rtn w4 g64", "pass@1"), "value"] / f.loc[(FP, "pass@1"), "value"])
+    assert math.isnan(f.loc[("rtn w4 g64", "ppl_token"), "recovery"])
+
+
+# ---------------------------------------------------------------- deployment constraints
+
+def two_widths():
+    """awq w4 (close to FP) and awq w3 (far from it): w4 is the pick, w3 the smaller."""
+    rng = np.random.default_rng(7)
+    nll = rng.normal(2.5, 0.4, 16)
+    fp = [dict(ppl_row(nll), method=FP)]
+    return pd.concat([run_rows("awq", 4, 64, fp + [ppl_row(nll + 0.01)]),
+                      run_rows("awq", 3, 64, fp + [ppl_row(nll + 0.3)])], ignore_index=True)
+
+
+def test_a_memory_cap_excludes_the_larger_variant():
+    f = decide.frame(two_widths())
+    assert decide.recommend(f).overall == "awq w4 g64"
+    sizes = f.drop_duplicates("variant").set_index("variant")["weight_bytes"] / 1e6
+    cap = (sizes["awq w4 g64"] + sizes["awq w3 g64"]) / 2
+    dec = decide.recommend(f, DecisionConfig(max_weight_mb=cap))
+    assert dec.overall == "awq w3 g64" and list(dec.excluded) == ["awq w4 g64"]
+    assert dec.excluded["awq w4 g64"] == f"{decide.mb(sizes['awq w4 g64'] * 1e6)} exceeds the {cap:g} MB budget"
+    assert "awq w4 g64" not in set(dec.table["variant"]) and all(p.variant != "awq w4 g64" for p in dec.tasks)
+
+
+def test_a_runtime_excludes_what_it_cannot_load_and_both_constraints_can_leave_none():
+    f = decide.frame(two_widths())
+    dec = decide.recommend(f, DecisionConfig(runtime="vllm"))
+    assert dec.overall == "awq w4 g64" and "would load w3 g64 as gptq" in dec.excluded["awq w3 g64"]
+    none = decide.recommend(f, DecisionConfig(runtime="vllm", max_weight_mb=0.1))
+    assert none.overall is None and none.overall_why.startswith("no variant meets the constraints (at most 0.1 MB")
+
+
+# ---------------------------------------------------------------- fidelity statistics and flips
+
+def test_kl_quantiles_match_numpy():
+    rng = np.random.default_rng(3)
+    kl = rng.gamma(0.5, 0.2, 1000)
+    d = decide.distribution(np.append(kl, np.nan))  # NaN items are left out
+    assert d["mean"] == pytest.approx(kl.mean()) and d["median"] == pytest.approx(np.median(kl))
+    assert d["p99"] == pytest.approx(np.percentile(kl, 99)) and d["p99.9"] == pytest.approx(np.percentile(kl, 99.9))
+    assert decide.distribution([0.0, 1.0])["p99"] == pytest.approx(0.99)  # linear interpolation
+    assert all(math.isnan(v) for v in decide.distribution([]).values())
+
+
+def test_flips_are_counted_per_item():
+    fl = decide.flips([1, 1, 0, 0, 1, 0], [1, 0, 1, 0, 0, 0])
+    assert (fl.lost, fl.gained, fl.net, fl.n) == (2, 1, -1, 6)
+    assert decide.flips([1, 0], [0.5, 1]) is None  # not pass/fail
+    assert decide.flips([1, 0, 1], [1, 0]) is None and decide.flips(None, [1]) is None

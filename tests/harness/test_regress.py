@@ -61,6 +61,19 @@ def test_scores_use_stderr_units(tmp_path, current, code):
     assert run("--baseline", tmp_path / "base.csv", "--current", tmp_path / "cur.csv") == code
 
 
+def test_recovery_threshold_beside_the_stderr_rule(tmp_path, capsys):
+    score_rows(0.5).to_csv(tmp_path / "base.csv", index=False)
+    score_rows(0.45).to_csv(tmp_path / "cur.csv", index=False)
+    args = ["--baseline", tmp_path / "base.csv", "--current", tmp_path / "cur.csv"]
+    assert run(*args) == 0  # 0.7 combined standard errors: noise by the stderr rule
+    assert run(*args, "--min-recovery", "0.95") == 1  # but recovery 0.45 / 0.5 = 0.9 < 0.95
+    assert run(*args, "--min-recovery", "0.85") == 0
+    row = regress.diff(score_rows(0.5), score_rows(0.45), regress.RegressConfig(), 0.95).iloc[0]
+    assert (row["tolerance rule"], row["recovery"], row["recovery rule"], row["status"]) == ("ok", "0.900", "REGRESSED",
+                                                                                            "REGRESSED")
+    assert run(*args, "--min-recovery", "1.5") == 2 and "--min-recovery must be in (0, 1]" in capsys.readouterr().err
+
+
 def test_missing_metric_fails_unless_allowed(tmp_path):
     cur = pd.read_csv(BASELINE)
     cur = cur[cur.method != "rtn"]

@@ -6,14 +6,14 @@ import pandas as pd
 
 from harness import blocks, decide, report, results
 from methods.fp import FP
-from tests.harness.result_rows import fixture_store, ppl_row, run_rows  # noqa: F401  (fixture)
+from tests.harness.result_rows import fixture_store, ppl_row, run_rows, score_row  # noqa: F401  (fixture)
 
 
 def test_report_sections_and_self_contained_html(fixture_store, tmp_path, capsys):
     out = tmp_path / "rep"
     assert report.main(["--store", str(fixture_store), "--out", str(out)]) == 0
     md = (out / "report.md").read_text()
-    for heading in ("## Recommendation", "### Per task", "### Variants", "## Perplexity (ppl_token",
+    for heading in ("## Recommendation", "### Per task", "### Variants", "## Deployment", "## Perplexity (ppl_token",
                     "## Scores vs FP per suite", "### pass@1 (higher is better)", "## Quality vs cost",
                     "## Study: salience", "## Runs"):
         assert heading in md, heading
@@ -24,6 +24,8 @@ def test_report_sections_and_self_contained_html(fixture_store, tmp_path, capsys
     assert html.count("data:image/png;base64,") == len(list((out / "plots").glob("*.png"))) >= 5
     assert not re.search(r'src="(?!data:)', html)  # nothing loaded from outside the file
     assert "<table" in html and "Overall:" in html
+    assert html.count("<script>") == 1 and '<div class="row">' in html  # sortable tables; verdict row
+    assert md.split("\n\n")[2].startswith("**Ship ")  # the verdict right under the model heading
     assert "Overall:" in capsys.readouterr().out
 
 
@@ -48,12 +50,13 @@ def test_calibration_matrix_when_a_method_has_several_calibs():
     assert any(b.kind == "figure" and b.name.startswith("calib_matrix_awq") for b in out)
 
 
-def test_delta_cells_read_the_frame_in_tolerances():
+def test_delta_cells_are_percent_of_fp_with_significance():
     f = decide.frame(calib_runs())
     cells = report._delta_cells(f[~f["study"]])
     prose = cells[cells["variant"] == "awq w4 g64 prose n=32"].set_index("column")
-    # +1.0% perplexity with a 2% tolerance is half a tolerance; the text is the change itself
-    assert np.allclose(prose["loss"], 0.5, atol=0.01) and prose["text"].str.startswith("+1.0%").all()
+    # NLL +0.01 on every window: +1.0% perplexity, worse, and significant (a constant shift)
+    assert np.allclose(prose["change"], 1.005, atol=0.01) and np.allclose(prose["worse"], prose["change"])
+    assert prose["significant"].all() and prose["text"].str.fullmatch(r"\+1\.0%\*").all()
     assert set(cells["column"]) == {"perplexity/prose_en", "perplexity/code_py"}
 
 
@@ -120,3 +123,78 @@ def test_report_of_run_dirs_picks_up_layers_parquet(tmp_path, capsys):
     assert "Per-layer evidence" in capsys.readouterr().out
     assert "Per-layer evidence" not in report.render(rows)  # without layers: no section
     assert report.layer_blocks(other[other["config_hash"].isin(rows["config_hash"])]) == []
+
+
+# ---------------------------------------------------------------- signal, the first screen, deployment, fidelity
+
+def planted_runs():
+    """FP; AWQ with noise of mean exactly 0 around FP (not significant); RTN clearly worse; a json metric
+    every variant scores 0 on (no signal); KL, agreement and answer NLL per item."""
+    rng = np.random.default_rng(11)
+    nll = rng.normal(2.5, 0.4, 16)
+    zeros = {"suite": "json", "task": "schema", "metric": "schema_valid", "value": 0.0, "stderr": 0.0, "n": 16,
+             "samples": [0.0] * 16}
+    fp = [dict(ppl_row(nll), method=FP), dict(zeros, method=FP), dict(fidelity_row("answer_nll", nll / 4), method=FP)]
+    noise = rng.normal(0, 0.05, 8)
+    awq = [ppl_row(nll + np.concatenate([noise, -noise])), zeros, fidelity_row("kl_to_fp", rng.gamma(2, 0.02, 16)),
+           fidelity_row("answer_nll", nll / 4 + 0.01), fidelity_row("top1_agree_fp", np.full(16, 0.9))]
+    rtn = [ppl_row(nll + 0.25), zeros, fidelity_row("kl_to_fp", rng.gamma(2, 0.1, 16)),
+           fidelity_row("answer_nll", nll / 4 + 0.2), fidelity_row("top1_agree_fp", np.full(16, 0.7))]
+    return pd.concat([run_rows("awq", 4, 64, fp + awq), run_rows("rtn", 4, 128, fp + rtn, quant_seconds=1.0)],
+                     ignore_index=True)
+
+
+def fidelity_row(metric, values):
+    v = np.asarray(values, dtype=float)
+    return {"suite": "code", "task": "humaneval", "metric": metric, "value": float(v.mean()),
+            "stderr": float(v.std(ddof=1) / np.sqrt(len(v))), "n": len(v), "samples": v.tolist()}
+
+
+def test_planted_difference_is_marked_in_the_glance_table_and_the_heatmap():
+    f = decide.frame(planted_runs())
+    dec = decide.recommend(f)
+    table = report.glance_table(f, dec).set_index("variant")
+    assert "perplexity: ppl_token" in table.columns and "json: schema_valid" not in table.columns  # no signal
+    rtn = next(v for v in table.index if "rtn" in v)
+    awq = next(v for v in table.index if "awq" in v)
+    assert table.loc[rtn, "perplexity: ppl_token"].endswith(report.WORSE_MARK)
+    assert report.WORSE_MARK not in table.loc[awq, "perplexity: ppl_token"]
+    assert awq == f"{report.PICK_MARK} awq w4 g64"  # recommended, and loadable (no †)
+    cells = report._delta_cells(f).set_index(["variant", "column"])
+    assert cells.loc[("rtn w4 g128", "perplexity/prose_en"), "significant"]
+    assert cells.loc[("rtn w4 g128", "perplexity/prose_en"), "text"].endswith("*")
+    assert not cells.loc[("awq w4 g64", "perplexity/prose_en"), "text"].endswith("*")
+    assert not cells.loc[("awq w4 g64", "json/schema"), "signal"]  # greyed in the heatmap
+
+
+def test_no_signal_metric_is_listed_once_and_never_recommended():
+    md = blocks.to_markdown(report.build(planted_runs(), figures=False))
+    per_task = md.split("### Per task")[1].split("###")[0]
+    assert "schema_valid" not in per_task
+    assert md.count("no signal at this size (n=16): all at 0 (the floor)") == 1
+    assert "1 of" in md and "task metrics have no signal at this size" in md
+
+
+def test_memory_budget_flag_removes_the_larger_variant(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    results.write(planted_runs(), runs)
+    assert report.main([str(runs), "--max-weight-mb", "0.82"]) == 0
+    md = capsys.readouterr().out
+    assert "exceeds the 0.82 MB budget" in md and "**Ship rtn w4 g128**" in md
+    assert f"{report.EXCLUDED_MARK} awq w4 g64" in md
+    assert report.main([str(runs), "--max-weight-mb", "0"]) == 2
+    assert "--max-weight-mb must be > 0" in capsys.readouterr().err
+
+
+def test_fidelity_table_quantiles_and_flips():
+    f = decide.frame(planted_runs())
+    t = report.fidelity_table(f).set_index("variant")
+    kl = np.asarray(f.loc[(f["variant"] == "awq w4 g64") & (f["metric"] == "kl_to_fp"), "samples"].iloc[0])
+    assert t.loc["awq w4 g64", "KL p99"] == f"{np.percentile(kl, 99):.3g}" and t.loc["awq w4 g64", "items"] == 16
+    assert t.loc["rtn w4 g128", "same top token"] == "0.7" and t.loc["rtn w4 g128", "Δ answer NLL median"] == "0.2"
+    passed = np.array([1, 1, 0, 0, 1, 1, 0, 1], dtype=float)
+    lost = passed.copy()
+    lost[[0, 1]], lost[2] = 0.0, 1.0
+    df = pd.concat([run_rows("awq", 4, 64, [dict(score_row(passed), method=FP), score_row(lost)])])
+    flips = report.flip_table(decide.frame(df)).iloc[0]
+    assert flips["awq w4 g64"] == "−2 +1" and flips["n"] == 8
