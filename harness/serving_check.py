@@ -202,9 +202,16 @@ def compare(base: Scored, other: Scored, tol: float) -> dict:
             "ok": dmax <= tol and decisive == 0}
 
 
+def installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: sys.modules holds None for it
+        return False
+
+
 def resolve_runtimes(spec: str) -> list[str]:
     """``auto``: every installed serving runtime; else a comma list, each one installed."""
-    names = [n for n in RUNTIME_INSTALL if importlib.util.find_spec(RUNTIME_INSTALL[n][0])] if spec == "auto" \
+    names = [n for n in RUNTIME_INSTALL if installed(RUNTIME_INSTALL[n][0])] if spec == "auto" \
         else [n.strip() for n in spec.split(",") if n.strip()]
     if not names:
         hints = "; ".join(f"{n}: {hint}" for n, (_, hint) in RUNTIME_INSTALL.items())
@@ -212,7 +219,7 @@ def resolve_runtimes(spec: str) -> list[str]:
     for n in names:
         if n not in RUNTIMES:
             raise HarnessError(f"unknown runtime {n!r}; choose from: auto, {', '.join(RUNTIMES)}")
-        if n in RUNTIME_INSTALL and importlib.util.find_spec(RUNTIME_INSTALL[n][0]) is None:
+        if n in RUNTIME_INSTALL and not installed(RUNTIME_INSTALL[n][0]):
             raise HarnessError(f"runtime {n} is not installed: {RUNTIME_INSTALL[n][1]}")
     return names
 
@@ -238,9 +245,9 @@ def greedy_match(got: list[list[int]], want: list[list[int]]) -> str:
     return f"{sum(g == w for g, w in zip(got, want))}/{len(want)}"
 
 
-def file_row(path: Path, ref: dict, prompts: list[list[int]]) -> dict:
-    """Our reader on the file against the numbers the exported model gave in memory."""
-    ours = reader_at(path, ref["dtype"])
+def file_row(ours: HFRuntime, ref: dict, prompts: list[list[int]]) -> dict:
+    """Our reader on the file, in the reference's dtype, against the numbers the exported model gave
+    in memory."""
     want = [s[n:n + NEW_TOKENS] for s, n in zip(ref["sequences"], ref["prompt_lengths"])]
     row = compare(Scored(ref["logprobs"], ref["top1"], ref["margin"]), ours.score(ref["sequences"]),
                   tolerance(ref["dtype"]))
@@ -248,9 +255,8 @@ def file_row(path: Path, ref: dict, prompts: list[list[int]]) -> dict:
             "greedy": greedy_match(ours.greedy(prompts, NEW_TOKENS), want), **row}
 
 
-def runtime_rows(path: Path, names: list[str], dtype: torch.dtype, ref: dict | None, prompts, tok) -> list[dict]:
-    """Each runtime against our reader, both computing in ``dtype``, on the reference sequences."""
-    base = reader_at(path, dtype)
+def runtime_rows(path: Path, names: list[str], base: HFRuntime, dtype, ref: dict | None, prompts, tok) -> list[dict]:
+    """Each runtime against our reader (``base``), both computing in ``dtype``, on the reference sequences."""
     info = base.model.checkpoint_info
     print(f"[serving_check] {path}: {info['format']} layout, {info['layers']} quantized layers, group size "
           f"{info['group_size']}, {info['scales_dtype']} scales")
@@ -290,10 +296,13 @@ def check(path: Path, runtimes: str, compute_dtype: str) -> list[dict]:
     ref = read_reference(path)
     tok = AutoTokenizer.from_pretrained(path)
     prompts = [s[:n] for s, n in zip(ref["sequences"], ref["prompt_lengths"])] if ref else prompt_ids(tok)
-    rows = [file_row(path, ref, prompts)] if ref else []
+    base = reader_at(path, dtype)
+    rows = []
     if ref is None:
         print(f"[serving_check] {path} has no {REFERENCE_FILE} (not written by export.dir): the file check is skipped")
-    return rows + runtime_rows(path, names, dtype, ref, prompts, tok)
+    else:
+        rows.append(file_row(base if ref["dtype"] == dtype else reader_at(path, ref["dtype"]), ref, prompts))
+    return rows + runtime_rows(path, names, base, dtype, ref, prompts, tok)
 
 
 def main(argv=None) -> int:
