@@ -5,7 +5,10 @@ with our calibration windows, and saved again; we read its packed checkpoint bac
 unpackers (kernels/pack.py) into our model, so our suites evaluate it. Reading its layers straight
 after ``quantize()`` instead gives zero points one step off (7.6), hence the save/reload.
 Its CPU AWQ packs correctly only from fp16/bf16 weights, and it writes ``./logs``: it runs inside
-the temporary directory.
+the temporary directory. Its AWQ picks the CUDA-only ``AWQ_GEMM`` kernel by default (7.6:
+``BaseQModel.quantize`` with ``backend=AUTO`` and ``format=gemm``), which fails on a CPU with "AWQ: CUDA
+is not available"; we ask for its torch kernel (``BACKEND.AWQ_TORCH``, fp16/bf16), which writes the
+same AWQ-GEMM layout. The adapter always quantizes on the CPU (``device="cpu"``).
 """
 from __future__ import annotations
 
@@ -90,6 +93,10 @@ class _GPTQModel(Method):
     def quantize_config(self, cfg):
         raise NotImplementedError
 
+    def quantize_kwargs(self) -> dict:
+        """Extra arguments of GPTQModel's ``quantize`` (its default backend where none)."""
+        return {}
+
     def quantize(self, model, calib, cfg) -> QuantResult:
         self.check_installed()
         if calib is None:
@@ -109,7 +116,7 @@ class _GPTQModel(Method):
             _save_copy(model, src, torch.float16 if self.awq else None)  # its CPU AWQ packs only fp16/bf16
             calib_tokenizer(calib, self.name).save_pretrained(src)
             peer = GPTQModel.load(str(src), self.quantize_config(cfg), device="cpu")
-            peer.quantize(rows, batch_size=cfg.batch_size)
+            peer.quantize(rows, batch_size=cfg.batch_size, **self.quantize_kwargs())
             peer.save(str(dst))
             del peer
             qweights = unpack_checkpoint(dst, targets, self.awq)
@@ -120,6 +127,11 @@ class _GPTQModel(Method):
 @register("gptqmodel_awq", PeerAWQConfig)
 class GPTQModelAWQ(_GPTQModel):
     awq = True
+
+    def quantize_kwargs(self) -> dict:
+        from gptqmodel import BACKEND
+
+        return {"backend": BACKEND.AWQ_TORCH}  # the CPU kernel: AUTO means AWQ_GEMM, which needs CUDA
 
     def quantize_config(self, cfg):
         from gptqmodel import QuantizeConfig
