@@ -1,0 +1,7 @@
+"""``python -m harness.report``: the command line of harness.report (see :func:`harness.report.main`)."""
+import sys
+
+from harness.report import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Details: the calibration matrix and the scores-vs-FP cells."""
+import numpy as np
+import pandas as pd
+
+from harness import blocks, decide, report
+from methods.fp import FP
+from tests.harness.result_rows import ppl_row, run_rows
+
+
+def calib_runs():
+    rng = np.random.default_rng(2)
+    fp = rng.normal(2.5, 0.3, 8)
+    runs = [run_rows(FP, 16, -1, [ppl_row(fp, task=t, method=FP) for t in ("prose_en", "code_py")])]
+    for calib, shift in (("prose", 0.01), ("code", 0.03)):
+        runs.append(run_rows("awq", 4, 64, [ppl_row(fp + shift, task=t) for t in ("prose_en", "code_py")], calib=calib))
+    return pd.concat(runs, ignore_index=True)
+
+
+def test_calibration_matrix_when_a_method_has_several_calibs():
+    out = report.build(calib_runs())
+    md = blocks.to_markdown(out)
+    assert md.count("## Calibration matrix") == 1
+    table = next(b.table for b in out if b.kind == "table" and "calibration" in b.table.columns)
+    assert sorted(table["calibration"]) == ["code n=32", "prose n=32"]
+    prose = table.set_index("calibration").loc["prose n=32"]
+    assert prose.str.startswith("+1.0").all()  # NLL +0.01 → perplexity +1.0%
+    assert table.set_index("calibration").loc["code n=32"].str.startswith("+3.0").all()
+    assert any(b.kind == "figure" and b.name.startswith("calib_matrix_awq") for b in out)
+
+
+def test_delta_cells_are_percent_of_fp_with_significance():
+    f = decide.frame(calib_runs())
+    cells = report.delta_cells(f[~f["study"]])
+    prose = cells[cells["variant"] == "awq w4 g64 prose n=32"].set_index("column")
+    # NLL +0.01 on every window: +1.0% perplexity, worse, and significant (a constant shift)
+    assert np.allclose(prose["change"], 1.005, atol=0.01) and np.allclose(prose["worse"], prose["change"])
+    assert prose["significant"].all() and prose["text"].str.fullmatch(r"\+1\.0%\*").all()
+    assert set(cells["column"]) == {"perplexity/prose_en", "perplexity/code_py"}
