@@ -38,6 +38,17 @@ def lower_is_better(metric: str) -> bool:
             or m.endswith(LOWER_IS_BETTER_SUFFIXES))
 
 
+# Descriptive metrics: the per-token fidelity statistics (harness/eval/fidelity.py: KL quantiles, same
+# top token, Δp of the reference token) are reported, never judged; harness.decide keeps them out of
+# every pick, vote and the no-signal list. Their direction still follows the rule above (kl_tok_* lower
+# is better, top1_same_tok higher); Δp (dp_ref_tok_*) is a signed change with no better side.
+DESCRIPTIVE_PREFIXES = ("kl_tok_", "top1_same_tok", "dp_ref_tok_")
+
+
+def is_descriptive(metric: str) -> bool:
+    return str(metric).startswith(DESCRIPTIVE_PREFIXES)
+
+
 def is_perplexity(metric: str) -> bool:
     return str(metric).startswith("ppl")
 
