@@ -24,6 +24,8 @@ metrics is recommended (then the smaller worst loss vs FP, then the smaller size
 Signal: a task metric informs a decision only when FP and the variants are not all on the floor (0)
 or all on the ceiling (1 for a score) and at least two of them (FP counted) differ significantly.
 Otherwise it is "no signal at this size (n=…)": listed, but out of every pick, count and vote.
+Descriptive metrics (``results.is_descriptive``: the per-token fidelity statistics) are in the frame
+with ``signal`` False and ``signal_why`` DESCRIPTIVE_WHY, and out of every pick, vote and that list.
 
 Constraints (``DecisionConfig.max_weight_mb``, ``DecisionConfig.runtime``) remove candidates
 before any pick: a variant over the memory budget, or one the chosen runtime cannot load as this
@@ -246,9 +248,14 @@ def signal(rows: pd.DataFrame, cfg: DecisionConfig) -> tuple[bool, str]:
                   f"{int((rows['method'] != FP).sum())} variants differ significantly"
 
 
+DESCRIPTIVE_WHY = "descriptive statistic: reported, not judged"
+
+
 def _with_signal(d: pd.DataFrame, cfg: DecisionConfig) -> pd.DataFrame:
     d = d.assign(signal=True, signal_why="")
-    main = d[~d["study"]]
+    descriptive = d["metric"].map(results.is_descriptive).astype(bool) & ~d["study"]
+    d.loc[descriptive, "signal"], d.loc[descriptive, "signal_why"] = False, DESCRIPTIVE_WHY
+    main = d[~d["study"] & ~descriptive]
     for _, rows in main.groupby(["model"] + TASK_KEY, sort=False):
         has, why = signal(rows, cfg)
         d.loc[rows.index, "signal"], d.loc[rows.index, "signal_why"] = has, why
@@ -459,7 +466,7 @@ def recommend(f: pd.DataFrame, cfg: DecisionConfig | None = None) -> Decision:
     """The decision rules on a comparison frame (see :func:`frame`; study rows are ignored): only
     task metrics with signal and only variants that meet the constraints take part."""
     cfg = cfg or DecisionConfig()
-    f = f[~f["study"]]
+    f = f[~f["study"] & ~f["metric"].map(results.is_descriptive).astype(bool)]
     excluded = constraint_failures(f[f["method"] != FP], cfg)
     judged = f[f["signal"] & ~f["variant"].isin(list(excluded))]
     quant = judged[judged["method"] != FP]
