@@ -15,8 +15,22 @@ By the data-processing inequality KL_k ≤ KL(P‖Q), with equality when the qua
 the tail like FP does; the tail mass of an instruct model's top-64 is small, so the gap is small.
 The tests check KL_k against the exact KL.
 
-Every metric is a per-item mean (item = one prompt); rows carry ``samples`` (per-item values in item
-order), ``n`` (items) and a standard error over items.
+Every metric above is a per-item mean (item = one prompt); rows carry ``samples`` (per-item values in
+item order), ``n`` (items) and a standard error over items.
+
+Per-token statistics (llama.cpp's ``--kl-divergence`` report) are added per task from the same
+forward pass, over all answer tokens of the task, as summary rows without samples (per-token samples
+would bloat the store): ``kl_tok_mean`` and the quantiles ``kl_tok_p50``, ``kl_tok_p99``,
+``kl_tok_p999`` of the per-token KL_k; ``top1_same_tok`` (share of answer tokens whose argmax is FP's
+top-1); ``dp_ref_tok_mean``, ``dp_ref_tok_p01``, ``dp_ref_tok_p99``: the change Q(y) − P(y) of the
+probability of the reference (teacher-forced) token y. P(y) is known only where y is among FP's
+cached top-k; below the k-th it is merely bounded, so Δp is taken over those positions only and
+``dp_ref_tok_covered`` stores the share of answer tokens they make up (near 1 for a trained model's
+own answers; a low share says Δp describes the confident positions only). ``n`` is the number of
+tokens behind each row; means carry the standard error of the mean over tokens (binomial for the
+shares), quantiles a NaN stderr; quantiles interpolate linearly (numpy's default), in float64. These
+rows are descriptive (``harness.results.is_descriptive``): tokens of one answer are correlated, so a
+standard error over tokens is too small to judge variants by; the per-item rows do that.
 """
 from __future__ import annotations
 
@@ -24,6 +38,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -121,24 +136,84 @@ def coarse_kl(p_top: torch.Tensor, p_idx: torch.Tensor, q_log: torch.Tensor) -> 
     return (kl + tail).clamp(min=0)
 
 
+KL_QUANTILES = (("p50", 50.0), ("p99", 99.0), ("p999", 99.9))  # metric suffix, percentile
+DP_QUANTILES = (("p01", 1.0), ("p99", 99.0))
+
+
+@dataclass
+class TokenValues:
+    """One item's per-answer-token values: ``kl`` (KL_k to FP, float32 as computed), ``same`` (argmax
+    is FP's top-1), ``covered`` (the reference token is in FP's top-k) and ``dp`` (Q(y) − P(y) of the
+    reference token y at the covered positions only, float64)."""
+    kl: torch.Tensor
+    same: torch.Tensor
+    covered: torch.Tensor
+    dp: torch.Tensor
+
+
+def token_values(lp: torch.Tensor, target: torch.Tensor, p_top: torch.Tensor, p_idx: torch.Tensor) -> TokenValues:
+    """lp: the model's log-probs [T, V]; target: the reference token ids [T]; p_top, p_idx: FP's top-k
+    log-probs and ids [T, k] (ids are distinct per row, so at most one of them is the reference)."""
+    match = p_idx.long() == target[:, None].long()
+    covered = match.any(-1)
+    p_ref = (p_top.double().exp() * match).sum(-1)
+    q_ref = lp.gather(-1, target[:, None].long())[:, 0].double().exp()
+    return TokenValues(coarse_kl(p_top, p_idx, lp), lp.argmax(-1) == p_idx[:, 0].long(), covered,
+                       (q_ref - p_ref)[covered])
+
+
+def summary_row(task: str, metric: str, values: np.ndarray, binary: bool = False) -> dict:
+    """A row whose value is the mean of ``values`` (float64), without samples; stderr as metric_row's."""
+    n = len(values)
+    mean = float(values.mean()) if n else float("nan")
+    if binary and n:
+        stderr = math.sqrt(mean * (1 - mean) / n)
+    else:
+        stderr = float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+    return {"task": task, "metric": metric, "value": mean, "stderr": stderr, "n": n}
+
+
+def quantile_row(task: str, metric: str, values: np.ndarray, percentile: float) -> dict:
+    """A row whose value is a quantile of ``values`` (linear interpolation, numpy's default); stderr NaN."""
+    value = float(np.percentile(values, percentile)) if len(values) else float("nan")
+    return {"task": task, "metric": metric, "value": value, "stderr": float("nan"), "n": len(values)}
+
+
+def _cat(parts: Sequence[torch.Tensor]) -> np.ndarray:
+    return torch.cat(list(parts)).double().numpy() if len(parts) else np.zeros(0)
+
+
+def token_rows(task: str, values: Sequence[TokenValues]) -> list[dict]:
+    """The per-token statistics of ``task`` over all answer tokens of its items (see the module doc)."""
+    kl, same = _cat([v.kl for v in values]), _cat([v.same for v in values])
+    dp, covered = _cat([v.dp for v in values]), _cat([v.covered for v in values])
+    rows = [summary_row(task, "kl_tok_mean", kl)]
+    rows += [quantile_row(task, f"kl_tok_{name}", kl, q) for name, q in KL_QUANTILES]
+    rows += [summary_row(task, "top1_same_tok", same, binary=True), summary_row(task, "dp_ref_tok_mean", dp)]
+    rows += [quantile_row(task, f"dp_ref_tok_{name}", dp, q) for name, q in DP_QUANTILES]
+    return rows + [summary_row(task, "dp_ref_tok_covered", covered, binary=True)]
+
+
 def fidelity_rows(model, tok, pairs: Sequence[tuple[str, str]], reference: FidelityReference | None, *,
                   task: str, batch_size: int) -> list[dict]:
     """Rows for ``task``: ``answer_nll`` always; with an FP ``reference`` also ``kl_to_fp`` (mean over
     answer tokens of KL(FP‖model), nats) and ``top1_agree_fp`` (share of answer positions whose argmax
-    equals FP's)."""
+    equals FP's), per item, then the per-token statistics of :func:`token_rows`."""
     if reference is None:
         return fp_reference(model, tok, pairs, task=task, top_k=1, batch_size=batch_size)[0]
     if len(reference.logprobs) != len(pairs):
         raise HarnessError(f"FP fidelity reference has {len(reference.logprobs)} items, the suite has {len(pairs)}; "
                            f"delete the FP reference cache and rerun")
-    kl, agree, nll = [], [], []
+    kl, agree, nll, per_token = [], [], [], []
     scored = answer_logprobs(model, tok, pairs, batch_size, desc="fidelity")
     for (lp, target), p_top, p_idx in zip(scored, reference.logprobs, reference.indices):
-        kl.append(coarse_kl(p_top, p_idx, lp).mean().item())
-        agree.append((lp.argmax(-1) == p_idx[:, 0].long()).double().mean().item())
+        values = token_values(lp, target, p_top, p_idx)
+        kl.append(values.kl.mean().item())
+        agree.append(values.same.double().mean().item())
         nll.append(-lp.gather(-1, target[:, None]).mean().item())
+        per_token.append(values)
     return [metric_row(task, "answer_nll", nll), metric_row(task, "kl_to_fp", kl),
-            metric_row(task, "top1_agree_fp", agree)]
+            metric_row(task, "top1_agree_fp", agree)] + token_rows(task, per_token)
 
 
 def exact_match_rows(outputs: Sequence[str], fp_outputs: Sequence[str] | None, *, task: str) -> list[dict]:
