@@ -70,8 +70,8 @@ class Scored:
 class HFRuntime:
     """A transformers-style causal LM: our reader's model or one from ``from_pretrained``."""
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, model, info: dict | None = None):
+        self.model, self.info = model, info  # info: what our reader found in the checkpoint
 
     @torch.no_grad()
     def score(self, sequences: list[list[int]]) -> Scored:
@@ -158,13 +158,16 @@ def fresh_buffers(model) -> None:
 
 
 def reference_numbers(model, tok) -> dict:
-    """What ``model`` (the exported one, in memory) computes on the fixed sequences: written beside
-    the checkpoint as ``serving_reference.json``."""
+    """What ``model`` (the exported one, in memory; its QuantLinear layers are swapped for their
+    dequantized weights, the same numbers) computes on the fixed sequences: written beside the
+    checkpoint as ``serving_reference.json``."""
+    from kernels.qlinear import dequantize_linears
+
     fresh_buffers(model)
-    runtime = HFRuntime(model.eval())
+    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+    runtime = HFRuntime(dequantize_linears(model, dtype).eval())
     prompts = prompt_ids(tok)
     sequences = [p + c for p, c in zip(prompts, runtime.greedy(prompts, NEW_TOKENS))] + [window_ids(tok)]
-    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
     return {"dtype": str(dtype).removeprefix("torch."), "prompt_lengths": [len(p) for p in prompts],
             "sequences": sequences, **runtime.score(sequences).to_json()}
 
@@ -235,10 +238,13 @@ def load_runtime(name: str, path: Path, dtype: torch.dtype, reader: HFRuntime):
 
 
 def reader_at(path: Path, dtype: torch.dtype) -> HFRuntime:
+    """Our reader computing in ``dtype``, its layers dequantized once (kernels.qlinear.dequantize_linears)."""
     from kernels.export import load_checkpoint
+    from kernels.qlinear import dequantize_linears
 
     model, _ = load_checkpoint(path, dtype=dtype)
-    return HFRuntime(model)
+    info = model.checkpoint_info
+    return HFRuntime(dequantize_linears(model, dtype), info)
 
 
 def greedy_match(got: list[list[int]], want: list[list[int]]) -> str:
@@ -257,7 +263,7 @@ def file_row(ours: HFRuntime, ref: dict, prompts: list[list[int]]) -> dict:
 
 def runtime_rows(path: Path, names: list[str], base: HFRuntime, dtype, ref: dict | None, prompts, tok) -> list[dict]:
     """Each runtime against our reader (``base``), both computing in ``dtype``, on the reference sequences."""
-    info = base.model.checkpoint_info
+    info = base.info
     print(f"[serving_check] {path}: {info['format']} layout, {info['layers']} quantized layers, group size "
           f"{info['group_size']}, {info['scales_dtype']} scales")
     base_greedy = base.greedy(prompts, NEW_TOKENS)
@@ -267,8 +273,9 @@ def runtime_rows(path: Path, names: list[str], base: HFRuntime, dtype, ref: dict
         head = {"check": "runtime", "runtime": name, "dtype": str(dtype).removeprefix("torch.")}
         try:
             runtime = load_runtime(name, path, dtype, base)
-            row = compare(base_scored, runtime.score(sequences), tolerance(dtype))
-            rows.append({**head, "greedy": greedy_match(runtime.greedy(prompts, NEW_TOKENS), base_greedy), **row})
+            scored, greedy = (base_scored, base_greedy) if runtime is base else \
+                (runtime.score(sequences), runtime.greedy(prompts, NEW_TOKENS))
+            rows.append({**head, "greedy": greedy_match(greedy, base_greedy), **compare(base_scored, scored, tolerance(dtype))})
         except Exception as e:  # noqa: BLE001 -- a runtime that cannot serve the checkpoint is a finding, not a crash
             rows.append({**head, "ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})
     return rows

@@ -117,3 +117,18 @@ def replace_linears(model: nn.Module, qweights: dict[str, QuantizedWeight]) -> n
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, QuantLinear.from_linear(module, qweights[name]))
     return model
+
+
+@torch.no_grad()
+def dequantize_linears(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Swap every ``QuantLinear`` for an ``nn.Linear`` holding its dequantized weight in ``dtype`` (in
+    place): for activations in ``dtype`` on a CPU, the same numbers as the ``QuantLinear`` (its CPU
+    forward multiplies by exactly this weight) without unpacking the int4 codes on every call."""
+    for name, module in [(n, m) for n, m in model.named_modules() if isinstance(m, QuantLinear)]:
+        linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, device="meta")
+        linear.weight = nn.Parameter(module.dequantize(dtype), requires_grad=False)
+        if module.bias is not None:
+            linear.bias = nn.Parameter(module.bias.detach().to(dtype), requires_grad=False)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, linear)
+    return model

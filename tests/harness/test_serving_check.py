@@ -18,7 +18,9 @@ from safetensors.torch import load_file, save_file
 
 from harness import serving_check as sc
 from harness.exporting import export_quantized
+from kernels.export import load_checkpoint
 from kernels.pack import AWQ_ORDER, pack_nibbles, unpack_nibbles
+from kernels.qlinear import dequantize_linears
 from methods.quantizer import QuantizedWeight, QuantSpec
 from methods.targets import target_linears
 from tests.conftest import tiny_model
@@ -70,16 +72,15 @@ def test_one_layer_in_the_wrong_nibble_order_fails(good_ckpt, tmp_path, capsys):
 class _MisdecodingRuntime(sc.HFRuntime):
     """Our reader with one layer's nibbles read in the wrong order: what a kernel bug looks like."""
 
-    def __init__(self, base):
-        import copy
-
-        super().__init__(copy.deepcopy(base.model))
-        layer = self.model.get_submodule(DOWN)
+    def __init__(self, path, dtype):
+        model, _ = load_checkpoint(path, dtype=dtype)
+        layer = model.get_submodule(DOWN)
         layer.qweight = _swap_nibbles(layer.qweight)
+        super().__init__(dequantize_linears(model, dtype))
 
 
 def test_a_runtime_that_decodes_a_layer_wrongly_fails(good_ckpt, monkeypatch, capsys):
-    monkeypatch.setattr(sc, "load_runtime", lambda name, path, dtype, base: _MisdecodingRuntime(base))
+    monkeypatch.setattr(sc, "load_runtime", lambda name, path, dtype, base: _MisdecodingRuntime(path, dtype))
     assert run(good_ckpt) == 1
     out = capsys.readouterr().out
     assert "DISAGREE: runtime/reader" in out and "file/" not in out.splitlines()[-1]

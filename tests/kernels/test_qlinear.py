@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.qlinear import QuantLinear, replace_linears
+from kernels.qlinear import QuantLinear, dequantize_linears, replace_linears
 from methods.quantizer import QuantizedWeight, QuantSpec
 from tests.conftest import tiny_model
 from tests.kernels.conftest import random_qweight
@@ -71,3 +71,21 @@ def test_quantizing_a_tied_head_unties_it():
     replace_linears(model, {"lm_head": qw})
     assert isinstance(model.lm_head, QuantLinear) and model.config.tie_word_embeddings is False
     assert torch.equal(model.get_input_embeddings().weight, emb)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dequantize_linears_computes_what_the_quant_linears_compute(dtype):
+    model = tiny_model("llama", vocab_size=256)
+    qweights = {n: QuantizedWeight.from_weight(m.weight, QuantSpec(4, 32))
+                for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "lm_head"}
+    replace_linears(model, qweights)
+    model.to(dtype)
+    ids = torch.arange(1, 17).view(1, -1)
+    with torch.no_grad():
+        packed = model(ids).logits
+        dequantize_linears(model, dtype)
+        plain = model(ids).logits
+    assert not any(isinstance(m, QuantLinear) for m in model.modules())
+    assert type(model.get_submodule("model.layers.0.mlp.down_proj")) is nn.Linear
+    assert model.get_submodule("model.layers.0.mlp.down_proj").weight.dtype == dtype
+    torch.testing.assert_close(plain, packed, rtol=0, atol=0)
