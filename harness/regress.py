@@ -26,7 +26,9 @@ KEY = ["model", "variant", "suite", "task", "metric"]
 
 def _table(df: pd.DataFrame) -> pd.DataFrame:
     """Value and stderr per (model, variant, suite, task, metric), read from the comparison frame."""
-    return decide.frame(df).set_index(KEY)[["value", "stderr"]].astype(float)
+    f = decide.frame(df)
+    f = f[~f["metric"].map(results.is_descriptive)]  # quantiles and signed shifts: reported, never gated
+    return f.set_index(KEY)[["value", "stderr"]].astype(float)
 
 
 def _verdict(metric: str, base: float, base_se: float, cur: float, cur_se: float, cfg: RegressConfig):

@@ -129,7 +129,7 @@ def _glance_figure(main: pd.DataFrame, dec: decide.Decision, cfg: DecisionConfig
 
 
 def _glance_legend(main: pd.DataFrame, dec: decide.Decision, cfg: DecisionConfig) -> Block:
-    keys = main.groupby(decide.TASK_KEY).ngroups
+    keys = main[~main["metric"].map(results.is_descriptive)].groupby(decide.TASK_KEY).ngroups
     marks = (f"{WORSE_MARK}/{BETTER_MARK}: significantly worse/better than FP ({cfg.confidence:.0%} interval) on "
              f"every task, {WORSE_MARK}k/n on k of n. {PICK_MARK} recommended, {EXCLUDED_MARK} excluded by a "
              f"constraint, {UNLOADABLE_MARK} no runtime loads it as exported (see Deployment).")

@@ -97,3 +97,15 @@ def test_bad_input_is_one_line(args, needle):
     r = subprocess.run([sys.executable, "-m", "harness.regress", *args], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_descriptive_token_statistics_are_never_gated(tmp_path):
+    def rows(dp):
+        descriptive = score_rows(dp, stderr=float("nan")).assign(metric="dp_ref_tok_mean")
+        return pd.concat([score_rows(0.5), descriptive], ignore_index=True)
+
+    rows(0.0).to_csv(tmp_path / "base.csv", index=False)
+    rows(-0.3).to_csv(tmp_path / "cur.csv", index=False)  # a large shift of a signed statistic
+    table = regress.diff(pd.read_csv(tmp_path / "base.csv"), pd.read_csv(tmp_path / "cur.csv"),
+                         OmegaConf.structured(regress.RegressConfig))
+    assert list(table["metric"]) == ["pass@1"] and not regress.failed(table)
