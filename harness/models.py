@@ -61,6 +61,22 @@ def resolve_compute_dtype(name: str, device: torch.device) -> str:
     return name
 
 
+def computed_buffers(model) -> dict[str, torch.Tensor]:
+    """Floating buffers that are not weights (rotary ``inv_freq`` tables): kept at full precision,
+    because a cast to bf16 and back would leave them rounded for every later forward pass."""
+    persistent = set(model.state_dict())
+    return {n: b.detach().clone() for n, b in model.named_buffers() if n not in persistent and b.is_floating_point()}
+
+
+@torch.no_grad()
+def cast(model, dtype: torch.dtype, buffers: dict[str, torch.Tensor]) -> None:
+    """``model.to(dtype)`` for parameters and weights, with ``buffers`` put back as they were."""
+    model.to(dtype)
+    for name, value in buffers.items():
+        owner, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(owner), attr, value.clone())
+
+
 def _install_hint(package: str, install: str | None = None) -> str:
     return install or f"pip install --no-deps {package.replace('_', '-')}"
 

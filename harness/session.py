@@ -53,6 +53,7 @@ class Session:
     compute_dtype: str = "fp32"  # what every forward pass of evaluation runs in (models.COMPUTE_DTYPES)
     quantized_master: dict | None = field(repr=False, default=None)  # kept only when export needs it
     timings: dict = field(default_factory=dict)  # seconds of the shared stages (harness.bench reads them)
+    buffers: dict = field(repr=False, default_factory=dict)  # computed buffers at full precision (models.cast)
 
     @classmethod
     def open(cls, cfg, plan: list[Variant]) -> "Session":
@@ -71,7 +72,8 @@ class Session:
         # a CPU copy of the original weights: restoring it is much cheaper than reloading the model
         snapshot = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         compute = models.resolve_compute_dtype(cfg.model.compute_dtype, model.device)
-        model.to(models.COMPUTE_DTYPES[compute])
+        buffers = models.computed_buffers(model)
+        models.cast(model, models.COMPUTE_DTYPES[compute], buffers)
         print(f"[harness] evaluation runs in {compute} (model.compute_dtype={cfg.model.compute_dtype}); "
               f"methods quantize {cfg.model.dtype} master weights")
         t0 = time.perf_counter()
@@ -80,12 +82,12 @@ class Session:
         guard = sanity.Guard.open(model, tok, prepared, cfg, cfg.model.name)  # a broken FP model stops here
         fp_rows, refs = evaluate_reference(model, tok, prepared, cfg)
         return cls(cfg, model, tok, prepared, fp_rows, refs, started, guard, snapshot, head_is_tied(model), compute,
-                   timings=timings)
+                   timings=timings, buffers=buffers)
 
     @torch.no_grad()
     def restore(self) -> None:
         """Back to the loaded master weights (a method may have untied the output head to quantize it)."""
-        self.model.to(models.DTYPES[self.cfg.model.dtype])
+        models.cast(self.model, models.DTYPES[self.cfg.model.dtype], self.buffers)
         self.model.load_state_dict(self.snapshot)
         if self.tied_head and not head_is_tied(self.model):
             self.model.get_output_embeddings().weight = self.model.get_input_embeddings().weight
@@ -122,7 +124,7 @@ class Session:
             print(f"[harness] {v.name}: quantized in {result.seconds:.1f}s, peak RSS {result.peak_memory_mb:.0f} MB")
         if self.cfg.export.dir and not v.entry.reference:  # export writes from master weights, not bf16 ones
             self.quantized_master = {k: t.detach().to("cpu", copy=True) for k, t in self.model.state_dict().items()}
-        self.model.to(models.COMPUTE_DTYPES[self.compute_dtype])
+        models.cast(self.model, models.COMPUTE_DTYPES[self.compute_dtype], self.buffers)
         return result, calib
 
     def run_variant(self, v: Variant, run_id: str) -> Outcome:
@@ -150,7 +152,7 @@ class Session:
 
     @torch.no_grad()
     def export(self, v: Variant, result) -> None:
-        self.model.to(models.DTYPES[self.cfg.model.dtype])
+        models.cast(self.model, models.DTYPES[self.cfg.model.dtype], self.buffers)
         self.model.load_state_dict(self.quantized_master)
         t0 = time.perf_counter()
         done = export_quantized(self.model, self.tok, result, v.method, self.cfg.export)

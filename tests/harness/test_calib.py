@@ -48,7 +48,7 @@ def test_bad_files_are_clear_errors(tmp_path, smol_tokenizer):
         calib.load(cfg(name="file", path=str(bad)), smol_tokenizer)
     short = tmp_path / "short.txt"
     short.write_text("tiny")
-    with pytest.raises(HarnessError, match="fewer than calib.seqlen"):
+    with pytest.raises(HarnessError, match=r"has 4 bytes, fewer than the 32 tokens of one window \(calib.seqlen\)"):
         calib.load(cfg(name="file", path=str(short)), smol_tokenizer)
     with pytest.raises(HarnessError, match="choose one of: prose, code"):
         calib.load(cfg(name="poetry"), smol_tokenizer)

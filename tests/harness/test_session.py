@@ -54,6 +54,11 @@ def test_bf16_compute_evaluates_in_bf16_and_quantizes_fp32_master_weights(tmp_pa
     assert seen == [{torch.float32}]  # methods see master weights
     assert {p.dtype for p in session.model.parameters()} == {torch.bfloat16}
     assert (out.rows.compute_dtype == "bf16").all()
+    session.restore()  # back to master weights: computed buffers (rotary tables) never passed through bf16
+    fresh, _ = models.load(cfg.model)
+    fresh_buffers = dict(fresh.named_buffers())
+    for name, buf in session.model.named_buffers():
+        assert buf.dtype == fresh_buffers[name].dtype and torch.equal(buf, fresh_buffers[name]), name
     fp32 = tiny_cfg(tiny_llama_dir, tmp_path, "model.compute_dtype=fp32")
     from harness.config_hash import config_hash
 
