@@ -1,6 +1,7 @@
 """The result schema (one tidy long table) and atomic writers."""
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -53,6 +54,7 @@ def is_perplexity(metric: str) -> bool:
     return str(metric).startswith("ppl")
 
 
+@functools.cache  # the code this process loaded: HEAD may move while a long session runs
 def git_sha() -> str:
     try:
         out = subprocess.run(
