@@ -94,9 +94,9 @@ def _tie_off_head(model: nn.Module, names) -> None:
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is None or not any(model.get_submodule(n) is head for n in names):
         return
-    for cfg in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
-        if getattr(cfg, "tie_word_embeddings", False):
-            cfg.tie_word_embeddings = False
+    for model_config in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
+        if getattr(model_config, "tie_word_embeddings", False):  # a transformers config, not one of ours
+            model_config.tie_word_embeddings = False
 
 
 def replace_linears(model: nn.Module, qweights: dict[str, QuantizedWeight]) -> nn.Module:
