@@ -68,7 +68,7 @@ def validate_static(cfg, plan) -> None:
     models.resolve_compute_dtype(cfg.model.compute_dtype, models.resolve_device(cfg.model.device))
     for v in plan:
         check_method(v.method)
-        if methods.entry(v.method.name).calibrated:
+        if v.entry.calibrated:
             calib_mod.check(v.calib)
     check_suites(cfg)
     check_writable(cfg.store_dir, "store_dir")
@@ -79,7 +79,7 @@ def validate_static(cfg, plan) -> None:
 
 def export_variant(plan):
     """The one variant export.dir writes: the quantized one (the FP reference may run beside it)."""
-    quantized = [v for v in plan if not methods.entry(v.method.name).reference]
+    quantized = [v for v in plan if not v.entry.reference]
     if len(quantized) > 1:
         raise HarnessError("export.dir writes one checkpoint: run a single method, not a list of variants")
     return (quantized or plan)[0]
@@ -136,7 +136,7 @@ def check_shapes(model_cfg, plan, export_cfg) -> None:
 def check_loaded(model, plan, export_cfg) -> None:
     """Checks that need the model's shapes (before any suite or method runs)."""
     for v in plan:
-        if not methods.entry(v.method.name).reference:
+        if not v.entry.reference:
             method_spec(v.method, model)
     if export_cfg.dir:
         check_packable(model, export_variant(plan).method)

@@ -122,7 +122,7 @@ class Session:
             raise HarnessError(f"method={v.name}: {e}") from None
         if not v.entry.reference:
             print(f"[harness] {v.name}: quantized in {result.seconds:.1f}s, peak RSS {result.peak_memory_mb:.0f} MB")
-        if self.cfg.export.dir and not v.entry.reference:  # export writes from master weights, not bf16 ones
+        if exports(self.cfg, v):  # export writes from master weights, not bf16 ones
             self.quantized_master = {k: t.detach().to("cpu", copy=True) for k, t in self.model.state_dict().items()}
         models.cast(self.model, models.COMPUTE_DTYPES[self.compute_dtype], self.buffers)
         return result, calib
@@ -157,6 +157,11 @@ class Session:
         t0 = time.perf_counter()
         done = export_quantized(self.model, self.tok, result, v.method, self.cfg.export)
         print(f"[harness] {done.describe()} in {time.perf_counter() - t0:.1f}s")
+
+
+def exports(cfg, v: Variant) -> bool:
+    """Whether this variant is the one written to ``export.dir``."""
+    return bool(cfg.export.dir) and not v.entry.reference
 
 
 def head_is_tied(model) -> bool:
@@ -200,7 +205,7 @@ def run(cfg, plan: list[Variant], run_id: str, resume: bool) -> list[Outcome]:
             outcomes.append(done[i])
             continue
         out = session.run_variant(v, run_id)
-        if cfg.export.dir and not v.entry.reference:
+        if exports(cfg, v):
             session.export(v, out.result)
         store.append(out.rows, cfg.store_dir, v.name)
         outcomes.append(out)
