@@ -28,6 +28,10 @@ def method_entry(method_cfg):
 def check_method(method_cfg) -> None:
     method_entry(method_cfg)
     try:
+        methods.check_choices(method_cfg)
+    except methods.MethodError as e:
+        raise HarnessError(str(e)) from None
+    try:
         spec_from(method_cfg)
     except QuantSpecError as e:
         raise HarnessError(f"method.{e}") from None

@@ -6,7 +6,7 @@ import importlib
 import pkgutil
 
 from methods.registry import (Method, MethodConfig, MethodError, QuantResult, UnknownMethodError,  # noqa: F401
-                              available, entry, get, register, unregister)
+                              available, check_choices, entry, get, register, unregister)
 
 for _module in pkgutil.iter_modules(__path__):
     if not _module.name.startswith("_"):

@@ -9,24 +9,30 @@ Per decoder layer, from the calibration activations entering each Linear:
    range to ``r·max|w|`` for r in ``[1 - max_shrink, 1]`` and keep the best r;
 3. quantize with the one group-wise quantizer.
 
-Output error uses the linear proxy ``‖X Eᵀ‖² = tr(E G Eᵀ)`` with ``G = XᵀX`` accumulated once per
-input set, so a grid point costs O(out·in²) and never touches the tokens again. Candidates are
-evaluated in batched tensor ops. Inputs to later layers come from the full-precision (scaled)
+The scale search scores a candidate by ``method.loss``: ``linear``, the linear proxy
+``‖X Eᵀ‖² = tr(E G Eᵀ)`` summed over the group's Linears with ``G = XᵀX`` accumulated once per input
+set (a grid point costs O(out·in²), never touches the tokens again, candidates batched); or
+``block``, the squared error of the output of the block the group feeds (attention or MLP,
+nonlinearities included; methods/block_loss.py) on ``block_samples`` calibration windows. For a
+group whose only consumers are its Linears (v→o, up→down) both are the same quantity and the
+proxy is used. The clip search always uses the proxy. Inputs to later layers come from the full-precision (scaled)
 model: scaling is exact, so they are the layer's FP outputs.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
+from methods.block_loss import BlockLoss, record_inputs, rows_per_batch
 from methods.capture import InputStats, LayerwiseRunner, layer_linears
 from methods.mappings import ArchMapping, ScaleGroup, mapping_for
 from methods.quantizer import QuantSpec, fake_quantize, group_absmax
-from methods.registry import Method, MethodConfig, QuantResult, register
+from methods.registry import Method, MethodConfig, QuantResult, choice, register
 from methods.targets import fake_quantize_linears, peak_rss_mb, prepare_targets
 
 log = logging.getLogger(__name__)
@@ -40,6 +46,8 @@ class AWQConfig(MethodConfig):
     scale: bool = True
     clip: bool = True
     max_shrink: float = 0.5  # clip ratios tried: 1, 1 - 1/n_grid, ..., 1 - max_shrink
+    loss: str = choice("linear", "block")  # what the scale search minimises (module docstring)
+    block_samples: int = 8  # calibration windows the block loss runs on (spread over all batches)
     batch_size: int = 8  # calibration windows per forward pass
 _CHUNK_ELEMENTS = 1 << 26  # bound the batched candidate tensors (~256 MB in fp32)
 
@@ -60,8 +68,10 @@ def candidate_scales(x_mean: torch.Tensor, n_grid: int, w_mean: torch.Tensor | N
     return s / (s.amax(dim=1, keepdim=True) * s.amin(dim=1, keepdim=True)).sqrt()
 
 
-def search_scale(weight: torch.Tensor, stats: InputStats, spec: QuantSpec, n_grid: int, duo: bool = False):
+def search_scale(weight: torch.Tensor, stats: InputStats, spec: QuantSpec, n_grid: int, duo: bool = False,
+                 score=None):
     """Best per-input-channel scale for the stacked weights [out, in] of one group.
+    ``score(candidate weight [out, in])`` replaces the linear proxy when given (the block loss).
     Returns (scale [in], α index, losses per α)."""
     W = weight.float()
     w_mean = None
@@ -70,6 +80,10 @@ def search_scale(weight: torch.Tensor, stats: InputStats, spec: QuantSpec, n_gri
         wg = W.abs().view(W.shape[0], -1, g)
         w_mean = (wg / wg.amax(dim=-1, keepdim=True).clamp_min(1e-8)).view_as(W).mean(dim=0)
     scales = candidate_scales(stats.mean_abs, n_grid, w_mean)
+    if score is not None:
+        losses = torch.tensor([score(fake_quantize(W * s, spec) / s) for s in scales])
+        best = int(torch.argmin(losses))
+        return scales[best], best, losses
     chunk = max(1, _CHUNK_ELEMENTS // W.numel())
     losses = []
     for c in range(0, n_grid, chunk):
@@ -146,10 +160,13 @@ class AWQ(Method):
         for i in tqdm(range(len(runner.layers)), desc=f"{self.name}: layers", unit="layer"):
             layer = runner.layers[i]
             linears = layer_linears(layer)
-            stats = runner.collect_stats(i, linears, mapping, also_advance=True)
+            blocks = block_names(layer, linears, mapping) if cfg.scale and cfg.loss == "block" else []
+            rows = rows_per_batch(cfg.block_samples, len(runner.hidden))
+            with record_inputs(layer, blocks, rows) as block_inputs:
+                stats = runner.collect_stats(i, linears, mapping, also_advance=True)
             layer_info = {"layer": f"{mapping.layers}.{i}"}
             if cfg.scale:
-                layer_info.update(scale_layer(layer, linears, stats, mapping, spec, cfg, skipped))
+                layer_info.update(scale_layer(layer, linears, stats, mapping, spec, cfg, skipped, block_inputs))
             clips = clip_layer(linears, stats, mapping, spec, cfg) if cfg.clip else {}
             prefix = f"{mapping.layers}.{i}."
             full = {prefix + n: lin for n, lin in linears.items()}
@@ -166,7 +183,26 @@ class AWQ(Method):
         return QuantResult(self.name, time.perf_counter() - t0, peak_rss_mb(), stats_out, qweights)
 
 
-def scale_layer(layer, linears: dict, stats: dict, mapping: ArchMapping, spec: QuantSpec, cfg, skipped: set) -> dict:
+def block_names(layer, linears: dict, mapping: ArchMapping) -> list[str]:
+    """The blocks the block loss needs in this layer (groups that are present and can be folded)."""
+    return [g.block for g in mapping.scale_groups
+            if g.block and all(n in linears for n in g.linears) and can_fold(layer, g)]
+
+
+def block_score(layer, group: ScaleGroup, linears: dict, inputs) -> Callable[[torch.Tensor], float]:
+    """The block loss of ``group`` as a function of its stacked candidate weight."""
+    loss = BlockLoss(layer.get_submodule(group.block), inputs)
+    mods = [linears[n] for n in group.linears]
+    rows = [m.out_features for m in mods]
+
+    def score(W: torch.Tensor) -> float:
+        return loss(dict(zip(mods, W.split(rows))))
+
+    return score
+
+
+def scale_layer(layer, linears: dict, stats: dict, mapping: ArchMapping, spec: QuantSpec, cfg, skipped: set,
+                block_inputs: dict | None = None) -> dict:
     """Search and fold the scale of every foldable group of one decoder layer; returns its evidence
     (α and loss vs RTN per group)."""
     info = {}
@@ -178,7 +214,10 @@ def scale_layer(layer, linears: dict, stats: dict, mapping: ArchMapping, spec: Q
             continue
         W = torch.cat([linears[n].weight for n in group.linears])
         st = stats[group.linears[0]]
-        scale, best, losses = search_scale(W, st, spec, cfg.n_grid, cfg.duo_scaling)
+        score = None
+        if block_inputs and group.block in block_inputs:
+            score = block_score(layer, group, linears, block_inputs[group.block])
+        scale, best, losses = search_scale(W, st, spec, cfg.n_grid, cfg.duo_scaling, score)
         fold_scale(layer, group, scale, mapping)
         st.gram.div_(scale.view(-1, 1) * scale.view(1, -1))  # inputs are now x / s
         st.abs_sum.div_(scale)

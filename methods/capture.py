@@ -68,7 +68,7 @@ def layer_linears(layer: nn.Module) -> dict[str, nn.Linear]:
     return {n: m for n, m in layer.named_modules() if isinstance(m, nn.Linear)}
 
 
-def _layer_output(out):
+def layer_output(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
@@ -134,4 +134,4 @@ class LayerwiseRunner:
         self.hidden = [self._forward(index, b) for b in range(len(self.hidden))]
 
     def _forward(self, index: int, batch: int) -> torch.Tensor:
-        return _layer_output(self.layers[index](self.hidden[batch], **self.kwargs[index][batch]))
+        return layer_output(self.layers[index](self.hidden[batch], **self.kwargs[index][batch]))

@@ -18,6 +18,9 @@ class UnsupportedArchitecture(QuantSpecError):
 class ScaleGroup:
     prev: str  # module (relative to the layer) whose output feeds ``linears``: a norm or a Linear
     linears: tuple[str, ...]
+    # the module whose output AWQ's block loss compares (attention, MLP); None: the Linears' own
+    # outputs, where the linear proxy is already exact
+    block: str | None = None
 
 
 @dataclass(frozen=True)
@@ -43,9 +46,9 @@ LLAMA_LIKE = ArchMapping(
     layers="model.layers",
     input_sets=_INPUT_SETS,
     scale_groups=(
-        ScaleGroup("input_layernorm", _ATTN),
+        ScaleGroup("input_layernorm", _ATTN, "self_attn"),
         ScaleGroup("self_attn.v_proj", ("self_attn.o_proj",)),
-        ScaleGroup("post_attention_layernorm", _GATE_UP),
+        ScaleGroup("post_attention_layernorm", _GATE_UP, "mlp"),
         ScaleGroup("mlp.up_proj", ("mlp.down_proj",)),
     ),
 )
@@ -56,9 +59,9 @@ GEMMA3 = ArchMapping(
     layers="model.layers",
     input_sets=_INPUT_SETS,
     scale_groups=(
-        ScaleGroup("input_layernorm", _ATTN),
+        ScaleGroup("input_layernorm", _ATTN, "self_attn"),
         ScaleGroup("self_attn.v_proj", ("self_attn.o_proj",)),
-        ScaleGroup("pre_feedforward_layernorm", _GATE_UP),
+        ScaleGroup("pre_feedforward_layernorm", _GATE_UP, "mlp"),
         ScaleGroup("mlp.up_proj", ("mlp.down_proj",)),
     ),
     norm_plus_one=True,

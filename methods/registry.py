@@ -22,6 +22,20 @@ class UnknownMethodError(MethodError, KeyError):
         return self.args[0]
 
 
+def choice(default: str, *others: str):
+    """A config field that takes one of a few named values (checked before the model loads)."""
+    return field(default=default, metadata={"choices": (default, *others)})
+
+
+def check_choices(cfg) -> None:
+    """MethodError naming the valid values when a choice field holds anything else."""
+    for f in dataclasses.fields(entry(cfg.name).config_type):
+        allowed = f.metadata.get("choices")
+        if allowed and getattr(cfg, f.name) not in allowed:
+            raise MethodError(f"method.{f.name}={getattr(cfg, f.name)!r} is not valid for method={cfg.name}; "
+                              f"choose one of: {', '.join(allowed)}")
+
+
 @dataclass
 class MethodConfig:
     """What every method shares: the weight format. RTN and FP use it as is."""
