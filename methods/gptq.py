@@ -2,9 +2,15 @@
 rounding error onto the not-yet-quantized columns through the inverse Hessian ``H = 2/n·XᵀX``.
 
 Lazy block updates (``block_size`` columns at a time), dampening (``damp_percent`` of the mean
-diagonal), optional ``act_order`` (columns by decreasing Hessian diagonal). With ``act_order`` the
-group parameters are fixed up front from the original weights ("static groups"), so groups stay
-contiguous in the original column order and the result packs into the AWQ layout without a g_idx.
+diagonal) and a column order (``act_order``):
+- ``off``: the original order; each group's parameters come from its error-updated weights;
+- ``static``: columns by decreasing Hessian diagonal, group parameters fixed up front from the
+  original weights ("static groups");
+- ``group``: group-aware reordering: whole groups by decreasing summed diagonal, columns within a
+  group likewise, so a group's columns stay together and its parameters come from its updated weights.
+Every order keeps groups contiguous in the original column order: the result packs into the AWQ
+layout without a g_idx. An optional per-(row, group) ``clip_ratio`` narrows each group's range
+(AWQ's clip search feeding GPTQ in ``awq_gptq``).
 Layers are processed sequentially, each fed by its already-quantized predecessors.
 """
 from __future__ import annotations
@@ -17,8 +23,8 @@ from tqdm.auto import tqdm
 
 from methods.capture import LayerwiseRunner, layer_linears
 from methods.mappings import mapping_for
-from methods.quantizer import PER_CHANNEL, QuantizedWeight, QuantSpec, codes_for, compute_qparams
-from methods.registry import Method, MethodConfig, QuantResult, register
+from methods.quantizer import PER_CHANNEL, QuantizedWeight, QuantSpec, codes_for, compute_qparams, group_absmax
+from methods.registry import Method, MethodConfig, QuantResult, choice, register
 from methods.targets import fake_quantize_linears, peak_rss_mb, prepare_targets
 
 
@@ -29,7 +35,7 @@ class GPTQConfig(MethodConfig):
     # calibration text: worse than RTN on held-out German/Spanish/Portuguese/Russian (README, #4).
     damp_percent: float = 0.1
     block_size: int = 128
-    act_order: bool = True  # implies static groups (see gptq_quantize)
+    act_order: str = choice("static", "off", "group")  # column order (module docstring)
     batch_size: int = 8
 
 
@@ -41,11 +47,37 @@ def _block_size(requested: int, group: int) -> int:
     return requested if group % requested == 0 else group
 
 
+ORDERS = ("off", "static", "group")
+
+
+def column_order(diag: torch.Tensor, mode: str, group: int) -> torch.Tensor:
+    """The permutation of input columns GPTQ walks in (see the module docstring for the modes)."""
+    if mode == "off":
+        return torch.arange(len(diag), device=diag.device)
+    if mode == "static":
+        return torch.argsort(diag, descending=True)
+    if mode == "group":
+        by_group = diag.view(-1, group)
+        groups = torch.argsort(by_group.sum(dim=1), descending=True)
+        within = torch.argsort(by_group, dim=1, descending=True)
+        starts = torch.arange(0, len(diag), group, device=diag.device).unsqueeze(1)
+        return (starts + within)[groups].reshape(-1)
+    raise ValueError(f"act_order={mode!r}; choose one of: {', '.join(ORDERS)}")
+
+
+def _clip(W: torch.Tensor, spec: QuantSpec, ratio: torch.Tensor | None) -> torch.Tensor | None:
+    return None if ratio is None else ratio * group_absmax(W, spec)
+
+
 @torch.no_grad()
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec, block_size: int = 128,
-                  damp_percent: float = 0.01, act_order: bool = False) -> tuple[QuantizedWeight, float]:
-    """Quantize ``weight`` [out, in] given ``hessian`` [in, in]. Returns the quantized weight and the
-    summed ``(w - q)² / d`` objective (GPTQ's proxy loss)."""
+                  damp_percent: float = 0.01, act_order: str | bool = "off",
+                  clip_ratio: torch.Tensor | None = None) -> tuple[QuantizedWeight, float]:
+    """Quantize ``weight`` [out, in] given ``hessian`` [in, in]. ``act_order``: one of ``ORDERS``
+    (``True``/``False`` mean static/off). ``clip_ratio`` [out, n_groups] in (0, 1]: each group's range
+    is that share of its max |w|. Returns the quantized weight and the summed ``(w - q)² / d``
+    objective (GPTQ's proxy loss)."""
+    mode = {True: "static", False: "off"}.get(act_order, act_order)
     W = weight.detach().float().clone()
     H = hessian.detach().float().clone()
     out_f, in_f = W.shape
@@ -54,10 +86,10 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec, 
     H[dead, dead] = 1
     W[:, dead] = 0
 
-    static = act_order
-    if static:
-        scale_all, zero_all = compute_qparams(W, spec)  # [out, n_groups], from the original weights
-    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(in_f, device=H.device)
+    static = mode == "static"
+    if static:  # [out, n_groups], from the original weights
+        scale_all, zero_all = compute_qparams(W, spec, _clip(W, spec, clip_ratio))
+    perm = column_order(torch.diag(H), mode, g)
     W, H = W[:, perm], H[perm][:, perm]
 
     H += damp_percent * torch.mean(torch.diag(H)) * torch.eye(in_f, device=H.device)
@@ -86,7 +118,9 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec, 
             else:
                 if col % g == 0:  # start of a group: parameters from the updated weights
                     seg = torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, :g]
-                    sg, zg = compute_qparams(seg, QuantSpec(spec.bits, PER_CHANNEL, spec.symmetric))
+                    per_row = QuantSpec(spec.bits, PER_CHANNEL, spec.symmetric)
+                    ratio = None if clip_ratio is None else clip_ratio[:, grp:grp + 1]
+                    sg, zg = compute_qparams(seg, per_row, _clip(seg, per_row, ratio))
                     scale[:, grp], zero[:, grp] = sg[:, 0], zg[:, 0]
                 s, z = scale[:, grp], zero[:, grp]
             w = W1[:, i]

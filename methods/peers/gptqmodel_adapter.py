@@ -144,5 +144,7 @@ class GPTQModelGPTQ(_GPTQModel):
     def quantize_config(self, cfg):
         from gptqmodel import QuantizeConfig
 
+        static = cfg.act_order == "static"
+        order = {"act_group_aware": True} if cfg.act_order == "group" else {}  # GPTQModel's own GAR
         return QuantizeConfig(bits=cfg.bits, group_size=cfg.group_size, sym=cfg.symmetric, method="gptq",
-                              desc_act=cfg.act_order, static_groups=cfg.act_order, damp_percent=cfg.damp_percent)
+                              desc_act=static, static_groups=static, damp_percent=cfg.damp_percent, **order)

@@ -15,7 +15,7 @@ import torch
 from methods.gptq import GPTQConfig
 from methods.peers.common import PeerAWQConfig, adopt, calib_tokenizer, from_peer_params, head_name, require
 from methods.quantizer import QuantSpec
-from methods.registry import Method, QuantResult, register
+from methods.registry import Method, MethodError, QuantResult, register
 from methods.targets import peak_rss_mb, prepare_targets
 
 PACKAGE = "llmcompressor>=0.14"
@@ -104,5 +104,7 @@ class LLMCompressorGPTQ(_LLMCompressor):
     def recipe(self, cfg, quant, ignore):
         from llmcompressor.modifiers.gptq import GPTQModifier
 
+        if cfg.act_order == "group":  # their actorder="group" is a g_idx order, not group-aware reordering
+            raise MethodError(f"{self.name} has no group-aware reordering; use method.act_order=static or off")
         return [GPTQModifier(config_groups=quant, ignore=ignore, block_size=cfg.block_size,
-                             dampening_frac=cfg.damp_percent, actorder="static" if cfg.act_order else None)]
+                             dampening_frac=cfg.damp_percent, actorder="static" if cfg.act_order == "static" else None)]

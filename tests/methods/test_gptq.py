@@ -3,7 +3,7 @@ import torch
 
 import methods
 from kernels.pack import pack_awq, unpack_awq
-from methods.gptq import _block_size, gptq_quantize
+from methods.gptq import ORDERS, column_order, _block_size, gptq_quantize
 from methods.quantizer import PER_CHANNEL, QuantSpec, compute_qparams, fake_quantize, quantize
 from methods.targets import target_linears
 from tests.conftest import tiny_model
@@ -26,7 +26,7 @@ def layer_error(x, w, wq):
 
 @pytest.mark.parametrize("spec", [QuantSpec(4, 32), QuantSpec(3, 32), QuantSpec(4, PER_CHANNEL), QuantSpec(4, 32, True)],
                          ids=["w4g32", "w3g32", "w4-channel", "w4g32-sym"])
-@pytest.mark.parametrize("act_order", [False, True])
+@pytest.mark.parametrize("act_order", ORDERS)
 def test_gptq_reconstructs_its_calibration_outputs_better_than_rtn(spec, act_order):
     x = correlated_inputs()
     w = torch.randn(64, 128, generator=torch.Generator().manual_seed(1)) * 0.05
@@ -43,9 +43,9 @@ def test_act_order_helps_when_channel_importance_is_uneven():
     w = torch.randn(64, 128, generator=torch.Generator().manual_seed(5)) * 0.05
     H = 2 / x.shape[0] * x.T @ x
     spec = QuantSpec(3, 32)
-    plain = layer_error(x, w, gptq_quantize(w, H, spec, act_order=False)[0].dequantize())
-    ordered = layer_error(x, w, gptq_quantize(w, H, spec, act_order=True)[0].dequantize())
-    assert ordered < plain
+    plain = layer_error(x, w, gptq_quantize(w, H, spec, act_order="off")[0].dequantize())
+    for mode in ("static", "group"):
+        assert layer_error(x, w, gptq_quantize(w, H, spec, act_order=mode)[0].dequantize()) < plain, mode
 
 
 def test_act_order_uses_static_contiguous_groups_that_round_trip_and_pack():
@@ -54,7 +54,7 @@ def test_act_order_uses_static_contiguous_groups_that_round_trip_and_pack():
     spec = QuantSpec(4, 32)
     H = 2 / x.shape[0] * x.T @ x
     assert not torch.equal(torch.argsort(torch.diag(H), descending=True), torch.arange(128))  # a real permutation
-    qw, _ = gptq_quantize(w, H, spec, block_size=16, act_order=True)
+    qw, _ = gptq_quantize(w, H, spec, block_size=16, act_order="static")
     # static groups: parameters come from the original weights, one per contiguous input group
     scale, zero = compute_qparams(w, spec)
     assert torch.equal(qw.scale, scale) and torch.equal(qw.zero, zero)
@@ -95,7 +95,7 @@ def test_dead_input_channels_are_zeroed_not_nan():
     assert deq[:, 10].abs().max() <= qw.scale[:, 0].max()  # the dead column quantizes to (about) zero
 
 
-@pytest.mark.parametrize("arch,act_order", list(zip(ARCHS, [False, True, False, True])))
+@pytest.mark.parametrize("arch,act_order", list(zip(ARCHS, ["off", "static", "group", "static"])))
 def test_gptq_end_to_end_quantizes_every_target(arch, act_order):
     model = tiny_model(arch, vocab_size=256)
     calib = random_calib()
@@ -122,7 +122,7 @@ def test_gptq_beats_rtn_on_a_tiny_model_output():
     assert logit_mse("gptq") < logit_mse("rtn")
 
 
-@pytest.mark.parametrize("act_order", [False, True])
+@pytest.mark.parametrize("act_order", ORDERS)
 def test_stacked_rows_quantize_like_separate_calls(act_order):
     """GPTQ.quantize stacks Linears that share an input (q/k/v, gate/up) into one call: rows are
     independent given the Hessian, so each part must match quantizing that Linear alone."""
@@ -137,3 +137,41 @@ def test_stacked_rows_quantize_like_separate_calls(act_order):
         rows = both.rows(start, stop)
         assert (rows.codes != alone.codes).float().mean() < 0.002  # BLAS blocking may flip a rare tie
         torch.testing.assert_close(rows.scale, alone.scale)
+
+
+def test_group_aware_order_keeps_groups_together_most_important_first():
+    diag = torch.tensor([1.0, 9.0, 2.0, 3.0, 0.5, 0.1, 8.0, 7.0])
+    perm = column_order(diag, "group", 4)
+    # group 1 (sum 15.6) before group 0 (sum 15), each group's columns by decreasing diagonal
+    assert perm.tolist() == [6, 7, 4, 5, 1, 3, 2, 0]
+    assert column_order(diag, "off", 4).tolist() == list(range(8))
+    assert column_order(diag, "static", 4).tolist() == torch.argsort(diag, descending=True).tolist()
+    with pytest.raises(ValueError, match="choose one of: off, static, group"):
+        column_order(diag, "desc", 4)
+
+
+def test_group_aware_order_packs_without_g_idx_and_uses_updated_group_params():
+    x = correlated_inputs(seed=2)
+    w = torch.randn(64, 128, generator=torch.Generator().manual_seed(3)) * 0.05
+    spec = QuantSpec(4, 32)
+    H = 2 / x.shape[0] * x.T @ x
+    qw, _ = gptq_quantize(w, H, spec, block_size=16, act_order="group")
+    scale, _ = compute_qparams(w, spec)
+    assert not torch.equal(qw.scale, scale)  # later groups' parameters come from error-updated weights
+    back = unpack_awq(*pack_awq(qw), group_size=32)
+    assert torch.equal(back.codes, qw.codes) and torch.equal(back.zero, qw.zero)
+
+
+def test_clip_ratio_narrows_every_group_range():
+    x = correlated_inputs(in_f=64, seed=8)
+    w = torch.randn(16, 64, generator=torch.Generator().manual_seed(9)) * 0.05
+    spec = QuantSpec(4, 32)
+    H = 2 / x.shape[0] * x.T @ x
+    ratio = torch.full((16, 2), 0.8)
+    full, _ = gptq_quantize(w, H, spec, act_order="static")
+    clipped, _ = gptq_quantize(w, H, spec, act_order="static", clip_ratio=ratio)
+    torch.testing.assert_close(clipped.scale, compute_qparams(w, spec, 0.8 * w.view(16, 2, 32).abs().amax(-1))[0])
+    for mode in ("off", "group"):  # ranges of error-updated weights: narrower on average
+        full, _ = gptq_quantize(w, H, spec, act_order=mode)
+        clipped, _ = gptq_quantize(w, H, spec, act_order=mode, clip_ratio=ratio)
+        assert clipped.scale.mean() < 0.9 * full.scale.mean(), mode
