@@ -28,6 +28,9 @@ from methods.registry import Method, MethodConfig, QuantResult, choice, register
 from methods.targets import fake_quantize_linears, peak_rss_mb, prepare_targets
 
 
+ORDERS = ("static", "off", "group")  # act_order's values, the default first
+
+
 @dataclass
 class GPTQConfig(MethodConfig):
     name: str = "gptq"
@@ -35,7 +38,7 @@ class GPTQConfig(MethodConfig):
     # calibration text: worse than RTN on held-out German/Spanish/Portuguese/Russian (README, #4).
     damp_percent: float = 0.1
     block_size: int = 128
-    act_order: str = choice("static", "off", "group")  # column order (module docstring)
+    act_order: str = choice(*ORDERS)  # column order (module docstring)
     batch_size: int = 8
 
 
@@ -45,9 +48,6 @@ def _block_size(requested: int, group: int) -> int:
     if group <= requested:
         return requested // group * group
     return requested if group % requested == 0 else group
-
-
-ORDERS = ("off", "static", "group")
 
 
 def column_order(diag: torch.Tensor, mode: str, group: int) -> torch.Tensor:
@@ -149,6 +149,34 @@ def _input_sets(linears: dict, stats: dict) -> list[list[str]]:
     return list(groups.values())
 
 
+@torch.no_grad()
+def gptq_layer(linears: dict, stats: dict, spec: QuantSpec, cfg, clip_ratios: dict | None = None):
+    """GPTQ on every Linear of one decoder layer, in place. Linears reading the same input share one
+    Hessian and GPTQ treats rows independently, so one call on their stacked rows equals separate
+    calls and the column loop runs once. Returns ({name: QuantizedWeight}, per-input-set stats)."""
+    qweights, out = {}, []
+    for names in _input_sets(linears, stats):
+        st = stats[names[0]]
+        hessian = st.gram * (2.0 / max(st.tokens, 1))
+        stacked = torch.cat([linears[n].weight for n in names])
+        ratio = None
+        if clip_ratios and any(n in clip_ratios for n in names):
+            g = spec.group_len(stacked.shape[1])
+            ratio = torch.cat([clip_ratios[n] if n in clip_ratios else
+                               torch.ones(linears[n].out_features, stacked.shape[1] // g, device=stacked.device)
+                               for n in names])
+        qw, loss = gptq_quantize(stacked, hessian, spec, cfg.block_size, cfg.damp_percent, cfg.act_order, ratio)
+        rows = 0
+        for n in names:
+            lin = linears[n]
+            part = qw.rows(rows, rows + lin.out_features)
+            rows += lin.out_features
+            lin.weight.data.copy_(part.dequantize().to(lin.weight.dtype))
+            qweights[n] = part
+        out.append({"layer": "+".join(names), "gptq_loss": loss})
+    return qweights, out
+
+
 @register("gptq", GPTQConfig)
 class GPTQ(Method):
     def quantize(self, model, calib, cfg) -> QuantResult:
@@ -162,21 +190,10 @@ class GPTQ(Method):
         for i in tqdm(range(len(runner.layers)), desc="gptq: layers", unit="layer"):
             linears = layer_linears(runner.layers[i])
             stats = runner.collect_stats(i, linears, mapping)
-            for names in _input_sets(linears, stats):
-                # Linears reading the same input share one Hessian and GPTQ treats rows independently,
-                # so one call on their stacked rows equals separate calls, and the column loop runs once
-                st = stats[names[0]]
-                hessian = st.gram * (2.0 / max(st.tokens, 1))
-                stacked = torch.cat([linears[n].weight for n in names])
-                qw, loss = gptq_quantize(stacked, hessian, spec, cfg.block_size, cfg.damp_percent, cfg.act_order)
-                rows = 0
-                for n in names:
-                    lin = linears[n]
-                    part = qw.rows(rows, rows + lin.out_features)
-                    rows += lin.out_features
-                    lin.weight.data.copy_(part.dequantize().to(lin.weight.dtype))
-                    qweights[f"{mapping.layers}.{i}.{n}"] = part
-                stats_out.append({"layer": f"{mapping.layers}.{i}." + "+".join(names), "gptq_loss": loss})
+            layer_q, layer_stats = gptq_layer(linears, stats, spec, cfg)
+            prefix = f"{mapping.layers}.{i}."
+            qweights.update({prefix + n: qw for n, qw in layer_q.items()})
+            stats_out.extend({**st, "layer": prefix + st["layer"]} for st in layer_stats)
             runner.advance(i)  # the next layer sees this layer's quantized outputs
         rest = {n: m for n, m in targets.items() if n not in qweights}
         if rest:

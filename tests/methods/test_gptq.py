@@ -146,7 +146,7 @@ def test_group_aware_order_keeps_groups_together_most_important_first():
     assert perm.tolist() == [6, 7, 4, 5, 1, 3, 2, 0]
     assert column_order(diag, "off", 4).tolist() == list(range(8))
     assert column_order(diag, "static", 4).tolist() == torch.argsort(diag, descending=True).tolist()
-    with pytest.raises(ValueError, match="choose one of: off, static, group"):
+    with pytest.raises(ValueError, match="choose one of: static, off, group"):
         column_order(diag, "desc", 4)
 
 

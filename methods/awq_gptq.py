@@ -1,0 +1,73 @@
+"""AWQ's scaling, optionally its clip search, then GPTQ on the scaled weights, in one pass over the
+layers: the combination toolkits chain as two runs (scale first, error compensation second).
+
+Per decoder layer, fed by the already-quantized layers before it:
+1. collect the input statistics (and the block inputs for ``loss=block``);
+2. AWQ's scale search and fold (methods/awq.py); the Gram matrices follow the fold (inputs x / s);
+3. with ``clip``, AWQ's clip search gives each (row, group) a range ratio that GPTQ keeps;
+4. GPTQ on each input set's stacked, scaled weights with the Hessian of the scaled inputs;
+5. advance the hidden states through the quantized layer.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from methods.awq import AWQConfig, block_names, clip_layer, scale_layer
+from methods.block_loss import record_inputs, rows_per_batch
+from methods.capture import LayerwiseRunner, layer_linears
+from methods.gptq import GPTQConfig, gptq_layer
+from methods.mappings import mapping_for
+from methods.quantizer import group_absmax
+from methods.registry import Method, QuantResult, register
+from methods.targets import fake_quantize_linears, peak_rss_mb, prepare_targets
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AWQGPTQConfig(AWQConfig, GPTQConfig):
+    name: str = "awq_gptq"
+    clip: bool = False  # AWQ's clip ranges carried into GPTQ (off: GPTQ's own min/max ranges)
+
+
+@register("awq_gptq", AWQGPTQConfig)
+class AWQThenGPTQ(Method):
+    @torch.no_grad()
+    def quantize(self, model, calib, cfg) -> QuantResult:
+        t0 = time.perf_counter()
+        if calib is None:
+            raise ValueError(f"{self.name} needs calibration data")
+        mapping = mapping_for(model)
+        spec, targets = prepare_targets(model, cfg)
+        runner = LayerwiseRunner(model, mapping, calib.input_ids, cfg.batch_size)
+        stats_out, qweights, skipped = [], {}, set()
+        for i in tqdm(range(len(runner.layers)), desc=f"{self.name}: layers", unit="layer"):
+            layer = runner.layers[i]
+            linears = layer_linears(layer)
+            blocks = block_names(layer, linears, mapping) if cfg.scale and cfg.loss == "block" else []
+            with record_inputs(layer, blocks, rows_per_batch(cfg.block_samples, len(runner.hidden))) as block_inputs:
+                stats = runner.collect_stats(i, linears, mapping)
+            info = {"layer": f"{mapping.layers}.{i}"}
+            if cfg.scale:
+                info.update(scale_layer(layer, linears, stats, mapping, spec, cfg, skipped, block_inputs))
+            ratios = {}
+            if cfg.clip:
+                clips = clip_layer(linears, stats, mapping, spec, cfg)
+                ratios = {n: c / group_absmax(linears[n].weight, spec).clamp_min(1e-12) for n, c in clips.items()}
+            layer_q, layer_stats = gptq_layer(linears, stats, spec, cfg, ratios)
+            qweights.update({f"{mapping.layers}.{i}.{n}": qw for n, qw in layer_q.items()})
+            info["gptq_loss"] = sum(s["gptq_loss"] for s in layer_stats)
+            stats_out.append(info)
+            runner.advance(i)
+        rest = {n: m for n, m in targets.items() if n not in qweights}
+        if rest:
+            qweights.update(fake_quantize_linears(rest, spec)[1])
+        if skipped:
+            log.warning("%s: scale groups skipped (shapes do not allow folding, e.g. GQA): %s",
+                        self.name, ", ".join(sorted(skipped)))
+        return QuantResult(self.name, time.perf_counter() - t0, peak_rss_mb(), stats_out, qweights)

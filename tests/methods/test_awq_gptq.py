@@ -1,0 +1,79 @@
+import torch
+
+import methods
+from methods.awq import search_scale
+from methods.capture import InputStats
+from methods.gptq import gptq_quantize
+from methods.quantizer import QuantSpec, fake_quantize
+from methods.targets import target_linears
+from tests.conftest import tiny_model
+from tests.methods.helpers import method_cfg, random_calib
+
+
+def _planted_model(seed=0):
+    """A tiny Llama whose norms amplify a few channels 20x (salient inputs) and whose inputs are
+    correlated across channels (where GPTQ's error compensation pays)."""
+    model = tiny_model("llama", seed=seed, vocab_size=256, num_key_value_heads=4, hidden_size=128,
+                       intermediate_size=256, head_dim=32)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+                norm.weight[[5, 50, 90]] = 20.0
+    return model
+
+
+def _logit_error(name, **kw):
+    """Mean squared logit error against the FP model on held-out windows."""
+    model = _planted_model()
+    ids = random_calib(n=4, seqlen=64, seed=1).input_ids
+    with torch.no_grad():
+        ref = model(ids).logits
+    methods.get(name).quantize(model, random_calib(n=8, seqlen=64), method_cfg(name, **kw))
+    with torch.no_grad():
+        return (model(ids).logits - ref).pow(2).mean().item()
+
+
+def test_on_a_toy_layer_scaling_then_gptq_beats_either_alone():
+    """One Linear, salient input channels and correlated inputs: the AWQ scale and GPTQ on the scaled
+    weight with the scaled inputs' Hessian (what awq_gptq does per Linear)."""
+    gen = torch.Generator().manual_seed(0)
+    tokens, in_f, out_f = 2048, 128, 64
+    mix = torch.randn(in_f, in_f, generator=gen) / in_f**0.5 + torch.eye(in_f)
+    x = torch.randn(tokens, in_f, generator=gen) @ mix
+    x[:, [3, 40, 77, 101]] *= 20
+    w = torch.randn(out_f, in_f, generator=gen) * 0.05
+    st = InputStats.empty(in_f)
+    st.add(x)
+    spec = QuantSpec(3, 32)
+
+    def err(wq):
+        return (x @ (wq - w).T).pow(2).mean().item()
+
+    s, _, _ = search_scale(w, st, spec, n_grid=20)
+    awq = fake_quantize(w * s, spec) / s
+    H = 2 / tokens * st.gram
+    gptq = gptq_quantize(w, H, spec, block_size=32, damp_percent=0.1, act_order="static")[0].dequantize()
+    Hs = H / (s.view(-1, 1) * s.view(1, -1))  # the Hessian of the scaled inputs x / s
+    both = gptq_quantize(w * s, Hs, spec, block_size=32, damp_percent=0.1, act_order="static")[0].dequantize() / s
+    assert err(both) < min(err(awq), err(gptq)), (err(both), err(awq), err(gptq))
+    assert max(err(awq), err(gptq)) < err(fake_quantize(w, spec))
+
+
+def test_awq_gptq_beats_awq_and_gptq_alone_on_planted_salient_channels():
+    awq = _logit_error("awq", n_grid=10, clip=False)
+    gptq = _logit_error("gptq", block_size=32)
+    both = _logit_error("awq_gptq", n_grid=10, block_size=32)
+    rtn = _logit_error("rtn")
+    assert max(awq, gptq) < rtn
+    assert both < min(awq, gptq), (both, awq, gptq)
+
+
+def test_awq_gptq_with_clip_and_block_loss_quantizes_every_target():
+    model = tiny_model("gemma3_text", vocab_size=256)
+    calib = random_calib()
+    res = methods.get("awq_gptq").quantize(model, calib, method_cfg("awq_gptq", n_grid=6, clip=True, loss="block",
+                                                                    block_samples=2, block_size=16))
+    assert set(res.qweights) == set(target_linears(model))
+    for name, lin in target_linears(model).items():
+        torch.testing.assert_close(lin.weight, res.qweights[name].dequantize(), rtol=0, atol=0)
+    assert all("alpha[input_layernorm]" in s and s["gptq_loss"] > 0 for s in res.layers)
