@@ -26,9 +26,10 @@ def method_entry(method_cfg):
 
 
 def check_method(method_cfg) -> None:
-    method_entry(method_cfg)
+    entry = method_entry(method_cfg)
     try:
         methods.check_choices(method_cfg)
+        entry.method.check_config(method_cfg)
     except methods.MethodError as e:
         raise HarnessError(str(e)) from None
     try:
@@ -97,8 +98,12 @@ def check_export(export_cfg, method_cfg) -> None:
         raise HarnessError(f"unknown export.format {export_cfg.format!r}; choose one of: {', '.join(FORMATS)}")
     if export_cfg.dtype not in models.COMPUTE_DTYPES:
         raise HarnessError(f"unknown export.dtype {export_cfg.dtype!r}; choose one of: {', '.join(models.COMPUTE_DTYPES)}")
-    if methods.entry(method_cfg.name).reference:
+    entry = methods.entry(method_cfg.name)
+    if entry.reference:
         raise HarnessError(f"export.dir needs a quantizing method (rtn, awq, gptq, ...), not method={method_cfg.name}")
+    problem = entry.method.export_problem(method_cfg)
+    if problem:
+        raise HarnessError(f"export.dir: {problem}")
     if method_cfg.bits != 4 or method_cfg.group_size < 1:
         raise HarnessError(f"export.dir writes 4-bit grouped AWQ-GEMM checkpoints; got method.bits={method_cfg.bits} "
                            f"method.group_size={method_cfg.group_size} (use bits=4 and a positive group size)")

@@ -5,8 +5,10 @@ Weights are ``[..., out, in]``; groups run along the input dimension (the last o
 Leading batch dimensions are allowed so that searches (AWQ's grid, clip ratios) can evaluate many
 candidates in one tensor op.
 
-Dequantization is always ``(q - zero) * scale`` with an integer ``zero`` in ``[0, 2**bits - 1]``:
-asymmetric quantization chooses ``zero`` per group, symmetric fixes it at ``2**(bits-1)``.
+Dequantization is always ``(q - zero) * scale``. ``compute_qparams`` gives an integer ``zero`` in
+``[0, 2**bits - 1]``: asymmetric quantization chooses it per group, symmetric fixes it at
+``2**(bits-1)``. An optimised fractional ``zero`` (HQQ) is allowed too: codes are then
+``round(x / scale + zero)``; such weights cannot be packed into integer-zero layouts (kernels/pack.py).
 """
 from __future__ import annotations
 
@@ -97,7 +99,14 @@ def compute_qparams(w: torch.Tensor, spec: QuantSpec, clip: torch.Tensor | None 
 def codes_for(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     """Elementwise rounding with broadcast ``scale``/``zero`` (float codes in ``[0, maxq]``).
     The single rounding rule: group-wise quantize, fake_quantize and GPTQ's column loop all use it."""
+    if not integral(zero):  # round the shifted value, so that a fractional zero moves the grid
+        return torch.round(x / scale + zero).clamp_(0, spec.maxq)
     return (torch.round(x / scale) + zero).clamp_(0, spec.maxq)
+
+
+def integral(zero: torch.Tensor) -> bool:
+    """Whether every zero point is a whole number (what integer-zero checkpoint layouts can hold)."""
+    return bool(torch.equal(zero, zero.round()))
 
 
 def quantize(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec) -> torch.Tensor:

@@ -66,6 +66,13 @@ class Method:
     def check_installed(self) -> None:
         """Raise MethodError when an optional package the method needs is missing (cheap, no import)."""
 
+    def check_config(self, cfg) -> None:
+        """Raise MethodError for settings this method cannot run with (checked before the model loads)."""
+
+    def export_problem(self, cfg) -> str | None:
+        """Why weights quantized with ``cfg`` cannot be written as a packed checkpoint (None: they can)."""
+        return None
+
     def quantize(self, model: torch.nn.Module, calib: Any, cfg: Any) -> QuantResult:
         raise NotImplementedError
 
