@@ -88,6 +88,11 @@ class _GPTQModel(Method):
     def check_installed(self) -> None:
         require("gptqmodel", PACKAGE, self.name)
 
+    def check_config(self, cfg) -> None:
+        if cfg.bits != 4 or cfg.group_size <= 0:
+            raise MethodError(f"method={self.name} is compared at 4 bits with a group size (its packed layouts); "
+                              f"got bits={cfg.bits} group_size={cfg.group_size}")
+
     awq = False
 
     def quantize_config(self, cfg):
@@ -101,9 +106,7 @@ class _GPTQModel(Method):
         self.check_installed()
         if calib is None:
             raise ValueError(f"{self.name} needs calibration data")
-        if cfg.bits != 4 or cfg.group_size <= 0:
-            raise MethodError(f"method={self.name} is compared at 4 bits with a group size (its packed layouts); "
-                               f"got bits={cfg.bits} group_size={cfg.group_size}")
+        self.check_config(cfg)
         # 7.7 wants at least 2 CPU workers (its model loader pool takes 2) but defaults to cores/2
         os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, ((os.cpu_count() or 1) + 1) // 2)))
         from gptqmodel import GPTQModel
