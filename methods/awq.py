@@ -15,8 +15,9 @@ set (a grid point costs O(out·in²), never touches the tokens again, candidates
 ``block``, the squared error of the output of the block the group feeds (attention or MLP,
 nonlinearities included; methods/block_loss.py) on ``block_samples`` calibration windows. For a
 group whose only consumers are its Linears (v→o, up→down) both are the same quantity and the
-proxy is used. The clip search always uses the proxy. Inputs to later layers come from the full-precision (scaled)
-model: scaling is exact, so they are the layer's FP outputs.
+proxy is used. The clip search always uses the proxy. Inputs to later layers come from the
+full-precision (scaled) model, the layer's FP outputs since scaling is exact; with ``sequential``
+from the quantized layers instead, so that each layer's search sees the error upstream.
 """
 from __future__ import annotations
 
@@ -48,6 +49,9 @@ class AWQConfig(MethodConfig):
     max_shrink: float = 0.5  # clip ratios tried: 1, 1 - 1/n_grid, ..., 1 - max_shrink
     loss: str = choice("linear", "block")  # what the scale search minimises (module docstring)
     block_samples: int = 8  # calibration windows the block loss runs on (spread over all batches)
+    # each layer searched on the outputs of the already-quantized layers before it (GPTQ's order)
+    # instead of the full-precision ones
+    sequential: bool = False
     batch_size: int = 8  # calibration windows per forward pass
 _CHUNK_ELEMENTS = 1 << 26  # bound the batched candidate tensors (~256 MB in fp32)
 
@@ -163,7 +167,7 @@ class AWQ(Method):
             blocks = block_names(layer, linears, mapping) if cfg.scale and cfg.loss == "block" else []
             rows = rows_per_batch(cfg.block_samples, len(runner.hidden))
             with record_inputs(layer, blocks, rows) as block_inputs:
-                stats = runner.collect_stats(i, linears, mapping, also_advance=True)
+                stats = runner.collect_stats(i, linears, mapping, also_advance=not cfg.sequential)
             layer_info = {"layer": f"{mapping.layers}.{i}"}
             if cfg.scale:
                 layer_info.update(scale_layer(layer, linears, stats, mapping, spec, cfg, skipped, block_inputs))
@@ -173,6 +177,8 @@ class AWQ(Method):
             st, qw = fake_quantize_linears(full, spec, clips={prefix + n: c for n, c in clips.items()})
             stats_out.append({**layer_info, "weight_mse": sum(s["weight_mse"] for s in st) / len(st)})
             qweights.update(qw)
+            if cfg.sequential:
+                runner.advance(i)
         rest = {n: m for n, m in targets.items() if n not in qweights}
         if rest:  # Linears outside the decoder layers (e.g. an output head when asked): plain RTN
             st, qw = fake_quantize_linears(rest, spec)

@@ -196,3 +196,11 @@ def test_awq_and_its_ablations_beat_rtn_on_a_model_with_salient_channels():
 def test_awq_needs_calibration_data():
     with pytest.raises(ValueError, match="calibration"):
         methods.get("awq").quantize(tiny_model("llama", vocab_size=256), None, method_cfg("awq"))
+
+
+def test_sequential_awq_searches_on_quantized_upstream_outputs():
+    rtn = _logit_mse("rtn")
+    fp_inputs = _logit_mse("awq", n_grid=10)
+    sequential = _logit_mse("awq", n_grid=10, sequential=True)
+    assert sequential < rtn
+    assert sequential != fp_inputs  # layer 1 saw layer 0's quantized outputs
