@@ -29,7 +29,7 @@ sandbox-tools:
 	command -v bwrap >/dev/null 2>&1 || \
 		echo "note: bubblewrap (bwrap) is not installed; the code suite's sandbox falls back to weaker isolation"
 
-.PHONY: install sandbox-tools run test sweep clean
+.PHONY: install sandbox-tools run test sweep gpu-check clean
 install: $(VENV)/.installed sandbox-tools
 
 run: install
@@ -37,6 +37,10 @@ run: install
 
 test: install
 	$(PY) -m pytest -q tests
+
+# on a CUDA machine: kernels, bench, the embedded model on cuda, export -> serving check, decode (one table)
+gpu-check: install
+	$(PY) -m harness.gpu_check $(ARGS)
 
 sweep: install
 	$(PY) -m harness --multirun method=fp,rtn $(ARGS)

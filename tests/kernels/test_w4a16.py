@@ -1,4 +1,5 @@
-"""The Triton kernel (through TRITON_INTERPRET=1 on CPU) against the torch reference.
+"""The Triton kernel against the torch reference: through TRITON_INTERPRET=1 on CPU, compiled on a
+CUDA machine when run with TRITON_INTERPRET=0 (``make gpu-check``).
 
 Tolerance: the kernel and the reference multiply the same weights (dequantized in fp32, rounded to
 the activation dtype) in fp32 and differ only in summation order, so outputs may differ by one
@@ -22,14 +23,18 @@ def _close(y, ref):
     torch.testing.assert_close(y.float(), ref.float(), rtol=eps, atol=1e-4 * ref.float().abs().max().item())
 
 
-def _case(M, group_size, dtype, seed=0):
+DEVICE = "cpu" if w4a16.INTERPRETED else "cuda"  # the compiled kernel takes CUDA tensors
+
+
+def _case(M, group_size, dtype, seed=0, device=DEVICE):
     packed = pack_awq(random_qweight(N, K, group_size, seed))
     x = torch.randn(M, K, generator=torch.Generator().manual_seed(seed + 1)).to(dtype)
-    return x, packed
+    return x.to(device), type(packed)(*(t.to(device) for t in packed))
 
 
-def test_interpreter_is_on():
-    assert w4a16.INTERPRETED, "tests/kernels/conftest.py must set TRITON_INTERPRET=1 before kernels.w4a16 is imported"
+def test_interpreter_is_on_without_cuda():
+    if not torch.cuda.is_available():
+        assert w4a16.INTERPRETED, "tests/kernels/conftest.py must set TRITON_INTERPRET=1 before kernels.w4a16 is imported"
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -64,14 +69,14 @@ def test_strided_activations():
 
 def test_reference_is_the_quantizer_formula():
     qw = random_qweight(N, K, 64, seed=11)
-    x = torch.randn(5, K).half()
+    x = torch.randn(5, K).half()  # the reference is plain torch: CPU
     expected = (x.float() @ qw.dequantize().half().float().t()).half()
     assert torch.equal(w4a16_reference(x, *pack_awq(qw), 64), expected)
 
 
 def test_cpu_without_interpreter_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(w4a16, "INTERPRETED", False)
-    x, packed = _case(2, 64, torch.float16)
+    x, packed = _case(2, 64, torch.float16, device="cpu")
     with pytest.raises(W4A16Error, match="needs a CUDA tensor.*TRITON_INTERPRET=1"):
         w4a16_matmul(x, *packed, 64)
 
