@@ -32,8 +32,11 @@ sandbox-tools:
 .PHONY: install sandbox-tools run test sweep gpu-check clean
 install: $(VENV)/.installed sandbox-tools
 
+# the default job: FP, RTN, AWQ and GPTQ at w4 g64, quick suites, one session, the decision on the console;
+# with ARGS, exactly the command you give (e.g. ARGS="method=awq eval=perplexity")
+DEFAULT_JOB := variants=[fp,rtn,awq,gptq]
 run: install
-	$(PY) -m harness $(ARGS)
+	$(PY) -m harness $(if $(ARGS),$(ARGS),'$(DEFAULT_JOB)')
 
 test: install
 	$(PY) -m pytest -q tests
