@@ -104,34 +104,33 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec, 
     scale = torch.zeros(out_f, n_groups, device=W.device)
     zero = torch.zeros(out_f, n_groups, device=W.device)
     loss = torch.zeros(out_f, device=W.device)
+    group_of = (perm // g).tolist()  # python ints: no device sync per column
+    per_row = QuantSpec(spec.bits, PER_CHANNEL, spec.symmetric)
     B = _block_size(block_size, g)
     for i1 in range(0, in_f, B):
         i2 = min(i1 + B, in_f)
         W1 = W[:, i1:i2].clone()
         Err1 = torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
-        for i in range(i2 - i1):
+        for i, d in enumerate(Hinv1.diagonal().tolist()):
             col = i1 + i
-            grp = int(perm[col]) // g
+            grp = group_of[col]
             if static:
                 s, z = scale_all[:, grp], zero_all[:, grp]
             else:
                 if col % g == 0:  # start of a group: parameters from the updated weights
                     seg = torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, :g]
-                    per_row = QuantSpec(spec.bits, PER_CHANNEL, spec.symmetric)
                     ratio = None if clip_ratio is None else clip_ratio[:, grp:grp + 1]
                     sg, zg = compute_qparams(seg, per_row, _clip(seg, per_row, ratio))
                     scale[:, grp], zero[:, grp] = sg[:, 0], zg[:, 0]
                 s, z = scale[:, grp], zero[:, grp]
             w = W1[:, i]
             q = codes_for(w, s, z, spec)
-            dq = (q - z) * s
             codes[:, col] = q
-            d = Hinv1[i, i]
-            err = (w - dq) / d
-            loss += (w - dq) ** 2 / d**2 / 2
-            W1[:, i:] -= err.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)
+            err = (w - (q - z) * s) / d
+            W1[:, i + 1:].addr_(err, Hinv1[i, i + 1:], alpha=-1)
             Err1[:, i] = err
+        loss += Err1.pow(2).sum(dim=1) / 2  # (w - q)² / d² / 2 per column
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
 
     inv = torch.argsort(perm)

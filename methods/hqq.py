@@ -52,7 +52,7 @@ def hqq_qparams(w: torch.Tensor, spec: QuantSpec, iters: int = 20, p: float = 0.
     z = -lo / s
     best_z, best_err = z.clone(), torch.full_like(z, float("inf"))
     for _ in range(iters):
-        q = codes_for(W, s, z, spec)
+        q = codes_for(W, s, z, spec, fractional=True)
         err = W - (q - z) * s
         mean_err = err.abs().mean(dim=-1, keepdim=True)
         better = mean_err < best_err
@@ -60,7 +60,7 @@ def hqq_qparams(w: torch.Tensor, spec: QuantSpec, iters: int = 20, p: float = 0.
         W_e = shrink_lp(err, beta, p)
         z = (q - (W - W_e) / s).mean(dim=-1, keepdim=True)
         beta *= kappa
-    q = codes_for(W, s, z, spec)  # the last update is a candidate too
+    q = codes_for(W, s, z, spec, fractional=True)  # the last update is a candidate too
     mean_err = (W - (q - z) * s).abs().mean(dim=-1, keepdim=True)
     best_z = torch.where(mean_err < best_err, z, best_z)
     return s.squeeze(-1), best_z.squeeze(-1)

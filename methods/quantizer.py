@@ -96,10 +96,13 @@ def compute_qparams(w: torch.Tensor, spec: QuantSpec, clip: torch.Tensor | None 
     return scale, zero
 
 
-def codes_for(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+def codes_for(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec,
+              fractional: bool = False) -> torch.Tensor:
     """Elementwise rounding with broadcast ``scale``/``zero`` (float codes in ``[0, maxq]``).
-    The single rounding rule: group-wise quantize, fake_quantize and GPTQ's column loop all use it."""
-    if not integral(zero):  # round the shifted value, so that a fractional zero moves the grid
+    The single rounding rule: group-wise quantize, fake_quantize and GPTQ's column loop all use it.
+    ``fractional``: ``zero`` may be fractional, so the shifted value is rounded (for integer zeros
+    both forms give the same codes; the default keeps GPTQ's per-column hot path free of checks)."""
+    if fractional:
         return torch.round(x / scale + zero).clamp_(0, spec.maxq)
     return (torch.round(x / scale) + zero).clamp_(0, spec.maxq)
 
@@ -111,7 +114,7 @@ def integral(zero: torch.Tensor) -> bool:
 
 def quantize(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     """Integer codes in ``[0, maxq]`` (uint8), same shape as ``w``."""
-    q = codes_for(_grouped(w.float(), spec), scale.unsqueeze(-1), zero.unsqueeze(-1), spec)
+    q = codes_for(_grouped(w.float(), spec), scale.unsqueeze(-1), zero.unsqueeze(-1), spec, not integral(zero))
     return q.to(torch.uint8).reshape(w.shape)
 
 
