@@ -63,7 +63,11 @@ def test_public_contract_line(tiny_llama_dir, texts, tmp_path):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["method=awk"], "unknown method 'awk'; choose one of: awq, awq_clip, awq_scale, fp, gptq, gptqmodel_awq, gptqmodel_gptq, llmc_awq, llmc_gptq, rtn, salience"),
+    (["method=awk"], "unknown method 'awk'; choose one of: awq, awq_clip, awq_gptq, awq_scale, fp, gptq, gptqmodel_awq, gptqmodel_gptq, hqq, llmc_awq, llmc_gptq, rtn, salience"),
+    (["method=awq", "method.loss=mse"], "method.loss='mse' is not valid for method=awq; choose one of: linear, block"),
+    (["method=gptq", "method.act_order=desc"], "method.act_order='desc' is not valid for method=gptq; choose one of: static, off, group"),
+    (["method=hqq", "method.symmetric=true"], "method=hqq optimises asymmetric zero points"),
+    (["method=hqq", "export.dir=/tmp/qh-never-written"], "export.dir: hqq's optimised zero points are fractional"),
     (["model=nope"], "unknown model 'nope'; choose one of: gemma3-270m, hub, path, smollm2-135m"),
     (["calib=poetry"], "unknown calib 'poetry'; choose one of:"),
     (["eval=huge"], "unknown eval 'huge'; choose one of: full, lm_eval, perplexity, quick"),
