@@ -163,11 +163,7 @@ class AWQ(Method):
         stats_out, qweights, skipped = [], {}, set()
         for i in tqdm(range(len(runner.layers)), desc=f"{self.name}: layers", unit="layer"):
             layer = runner.layers[i]
-            linears = layer_linears(layer)
-            blocks = block_names(layer, linears, mapping) if cfg.scale and cfg.loss == "block" else []
-            rows = rows_per_batch(cfg.block_samples, len(runner.hidden))
-            with record_inputs(layer, blocks, rows) as block_inputs:
-                stats = runner.collect_stats(i, linears, mapping, also_advance=not cfg.sequential)
+            linears, stats, block_inputs = collect_layer(runner, i, mapping, cfg, also_advance=not cfg.sequential)
             layer_info = {"layer": f"{mapping.layers}.{i}"}
             if cfg.scale:
                 layer_info.update(scale_layer(layer, linears, stats, mapping, spec, cfg, skipped, block_inputs))
@@ -187,6 +183,17 @@ class AWQ(Method):
             log.warning("%s: scale groups skipped (shapes do not allow folding, e.g. GQA): %s",
                         self.name, ", ".join(sorted(skipped)))
         return QuantResult(self.name, time.perf_counter() - t0, peak_rss_mb(), stats_out, qweights)
+
+
+def collect_layer(runner: LayerwiseRunner, i: int, mapping: ArchMapping, cfg, also_advance: bool):
+    """Layer ``i``'s Linears, their input statistics and (for ``loss=block``) the recorded block inputs,
+    from one forward pass over the calibration windows."""
+    layer = runner.layers[i]
+    linears = layer_linears(layer)
+    blocks = block_names(layer, linears, mapping) if cfg.scale and cfg.loss == "block" else []
+    with record_inputs(layer, blocks, rows_per_batch(cfg.block_samples, len(runner.hidden))) as block_inputs:
+        stats = runner.collect_stats(i, linears, mapping, also_advance=also_advance)
+    return linears, stats, block_inputs
 
 
 def block_names(layer, linears: dict, mapping: ArchMapping) -> list[str]:

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from methods.awq import AWQConfig, block_names, clip_layer, scale_layer
-from methods.block_loss import record_inputs, rows_per_batch
-from methods.capture import LayerwiseRunner, layer_linears
+from methods.awq import AWQConfig, clip_layer, collect_layer, scale_layer
+from methods.capture import LayerwiseRunner
 from methods.gptq import GPTQConfig, gptq_layer
 from methods.mappings import mapping_for
 from methods.quantizer import group_absmax
@@ -48,10 +47,7 @@ class AWQThenGPTQ(Method):
         stats_out, qweights, skipped = [], {}, set()
         for i in tqdm(range(len(runner.layers)), desc=f"{self.name}: layers", unit="layer"):
             layer = runner.layers[i]
-            linears = layer_linears(layer)
-            blocks = block_names(layer, linears, mapping) if cfg.scale and cfg.loss == "block" else []
-            with record_inputs(layer, blocks, rows_per_batch(cfg.block_samples, len(runner.hidden))) as block_inputs:
-                stats = runner.collect_stats(i, linears, mapping)
+            linears, stats, block_inputs = collect_layer(runner, i, mapping, cfg, also_advance=False)
             info = {"layer": f"{mapping.layers}.{i}"}
             if cfg.scale:
                 info.update(scale_layer(layer, linears, stats, mapping, spec, cfg, skipped, block_inputs))

@@ -7,19 +7,8 @@ from methods.gptq import gptq_quantize
 from methods.quantizer import QuantSpec, fake_quantize
 from methods.targets import target_linears
 from tests.conftest import tiny_model
+from tests.methods.test_awq import _planted_model
 from tests.methods.helpers import method_cfg, random_calib
-
-
-def _planted_model(seed=0):
-    """A tiny Llama whose norms amplify a few channels 20x (salient inputs) and whose inputs are
-    correlated across channels (where GPTQ's error compensation pays)."""
-    model = tiny_model("llama", seed=seed, vocab_size=256, num_key_value_heads=4, hidden_size=128,
-                       intermediate_size=256, head_dim=32)
-    with torch.no_grad():
-        for layer in model.model.layers:
-            for norm in (layer.input_layernorm, layer.post_attention_layernorm):
-                norm.weight[[5, 50, 90]] = 20.0
-    return model
 
 
 def _logit_error(name, **kw):
