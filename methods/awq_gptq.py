@@ -22,7 +22,7 @@ from methods.capture import LayerwiseRunner
 from methods.gptq import GPTQConfig, gptq_layer
 from methods.mappings import mapping_for
 from methods.quantizer import group_absmax
-from methods.registry import Method, QuantResult, register
+from methods.registry import Method, MethodError, QuantResult, register
 from methods.targets import fake_quantize_linears, peak_rss_mb, prepare_targets
 
 log = logging.getLogger(__name__)
@@ -32,10 +32,16 @@ log = logging.getLogger(__name__)
 class AWQGPTQConfig(AWQConfig, GPTQConfig):
     name: str = "awq_gptq"
     clip: bool = False  # AWQ's clip ranges carried into GPTQ (off: GPTQ's own min/max ranges)
+    sequential: bool = True  # always: GPTQ's order, each layer fed by the quantized ones before it
 
 
 @register("awq_gptq", AWQGPTQConfig)
 class AWQThenGPTQ(Method):
+    def check_config(self, cfg) -> None:
+        if not cfg.sequential:
+            raise MethodError("method=awq_gptq always calibrates each layer on the quantized layers before it; "
+                              "drop method.sequential=false (or use method=awq)")
+
     @torch.no_grad()
     def quantize(self, model, calib, cfg) -> QuantResult:
         t0 = time.perf_counter()

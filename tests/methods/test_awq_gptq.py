@@ -66,3 +66,10 @@ def test_awq_gptq_with_clip_and_block_loss_quantizes_every_target():
     for name, lin in target_linears(model).items():
         torch.testing.assert_close(lin.weight, res.qweights[name].dequantize(), rtol=0, atol=0)
     assert all("alpha[input_layernorm]" in s and s["gptq_loss"] > 0 for s in res.layers)
+
+
+def test_awq_gptq_is_always_sequential():
+    import pytest
+
+    with pytest.raises(methods.MethodError, match="always calibrates"):
+        methods.get("awq_gptq").check_config(method_cfg("awq_gptq", sequential=False))
