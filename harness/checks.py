@@ -8,7 +8,7 @@ from pathlib import Path
 import methods
 from harness import calib as calib_mod
 from harness import eval as suites
-from harness import hub_data, models
+from harness import hub_data, models, offloading
 from harness.errors import HarnessError
 from harness.textfiles import check_long_enough
 from harness.eval import perplexity
@@ -70,7 +70,9 @@ def check_writable(path, what: str, keep: bool = True) -> None:
 
 def validate_static(cfg, plan) -> None:
     """Checks that need no model: fail before minutes of loading."""
+    models.check_source(cfg.model)
     models.resolve_compute_dtype(cfg.model.compute_dtype, models.resolve_device(cfg.model.device))
+    offloading.check(cfg.model, plan, cfg.export.dir)
     for v in plan:
         check_method(v.method)
         if v.entry.calibrated:

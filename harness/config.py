@@ -27,6 +27,11 @@ class ModelConfig:
     # hardware runs it fast (CUDA with bf16, a CPU with AMX-BF16 or AVX512-BF16), else fp32
     compute_dtype: str = "auto"  # auto | fp32 | bf16 | fp16
     device: str = "auto"  # auto (CUDA when torch sees one, else CPU) | cpu | cuda | cuda:N
+    # none | cpu | disk: decoder layers kept in host memory or in the checkpoint's safetensors and
+    # materialised on the device one at a time (harness/offloading.py)
+    offload: str = "none"
+    offload_dir: Optional[str] = None  # offload=disk: where changed layers go (default: the user cache)
+    device_map: Optional[str] = None  # e.g. auto: spread the model over the GPUs through accelerate
     eos_token: Optional[str] = None  # set when the checkpoint's metadata gets it wrong
     pad_token: Optional[str] = None
     note: str = ""  # provenance shown in reports (e.g. "weights dequantized from a Q4_1 GGUF")

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from harness.errors import HarnessError
+from methods import onload
 
 SOURCES = ("gguf_package", "path", "hub")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -156,18 +157,32 @@ def _from_pretrained(where: str, cfg, **kw):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = DTYPES[cfg.dtype]
+    placed = {"device_map": cfg.device_map} if cfg.device_map else {}
     tok = AutoTokenizer.from_pretrained(where, revision=cfg.revision, **kw)
-    model = AutoModelForCausalLM.from_pretrained(where, revision=cfg.revision, dtype=dtype, **kw)
+    model = AutoModelForCausalLM.from_pretrained(where, revision=cfg.revision, dtype=dtype, **kw, **placed)
     return model, tok
 
 
-def load(cfg):
-    """Return ``(model, tokenizer)`` in eval mode with explicit eos/pad tokens."""
+def check_source(cfg) -> None:
     if cfg.source not in SOURCES:
         raise HarnessError(f"unknown model.source {cfg.source!r}; choose one of: {', '.join(SOURCES)}")
     if cfg.dtype not in DTYPES:
         raise HarnessError(f"unknown model.dtype {cfg.dtype!r}; choose one of: {', '.join(DTYPES)}")
+
+
+def load(cfg):
+    """Return ``(model, tokenizer)`` in eval mode with explicit eos/pad tokens."""
+    check_source(cfg)
     device = resolve_device(cfg.device)
+    if cfg.offload == "disk":
+        from harness import offloading
+
+        where = checkpoint_dir(cfg)
+        model = offloading.from_disk(where, device, DTYPES[cfg.dtype], offload_root(cfg))
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(where))
+        return _ready(model, tok, cfg, device)
     if cfg.source == "gguf_package":
         model, tok = _load_gguf(cfg)
     elif cfg.source == "path":
@@ -187,11 +202,51 @@ def load(cfg):
                 f"cannot load {cfg.hub_id!r} from the Hugging Face hub ({why}); download it once and use "
                 f"model=path model.path=DIR ({str(e).splitlines()[0][:160]})"
             ) from None
+    if cfg.offload == "cpu":
+        from harness import offloading
+
+        offloading.to_host(model, device, DTYPES[cfg.dtype])
+    return _ready(model, tok, cfg, device)
+
+
+def _ready(model, tok, cfg, device):
     _fix_special_tokens(model, tok, cfg)
-    model.to(device)  # methods and suites follow the model's device
+    if cfg.device_map:
+        pass  # accelerate placed every module
+    elif cfg.offload == "none":
+        model.to(device)  # methods and suites follow the model's device
+    else:
+        onload.move_resident(model, device)
     model.eval()
     model.requires_grad_(False)
     return model, tok
+
+
+def offload_root(cfg) -> Path:
+    return Path(cfg.offload_dir).expanduser() if cfg.offload_dir else cache_root() / "offload"
+
+
+def checkpoint_dir(cfg) -> Path:
+    """The local directory of the model's safetensors (for offload=disk, which reads them by name)."""
+    if cfg.source == "path":
+        return check_model_dir(cfg)
+    if cfg.source == "gguf_package":
+        cached = dequantized_dir(_gguf_path(cfg), cfg.dtype)
+        if not (cached / "config.json").is_file():
+            _load_gguf(cfg)  # dequantize once into the cache; the embedded models are small
+        if not (cached / "config.json").is_file():
+            raise HarnessError(f"model.offload=disk needs the dequantized weights cached in {cached.parent}, "
+                               "which is not writable; use model.offload=cpu")
+        return cached
+    if not cfg.hub_id:
+        raise HarnessError("model=hub needs model.hub_id=ORG/NAME")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(cfg.hub_id, revision=cfg.revision))
+    except Exception as e:  # noqa: BLE001 - offline, unknown id, network: all the same one line
+        raise HarnessError(f"cannot fetch {cfg.hub_id!r} from the Hugging Face hub for model.offload=disk "
+                           f"({str(e).splitlines()[0][:160]}); download it once and use model=path model.path=DIR") from None
 
 
 def check_model_dir(cfg) -> Path:
@@ -258,7 +313,7 @@ def _fix_special_tokens(model, tok, cfg) -> None:
 def fingerprint(model) -> str:
     """A content hash of the weights: keys caches of FP results, robust to renamed files."""
     h = hashlib.blake2b(digest_size=12)
-    for name, t in model.state_dict().items():
+    for name, t in onload.state_items(model):
         h.update(name.encode())
         h.update(t.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()

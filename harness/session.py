@@ -25,6 +25,7 @@ from harness.errors import HarnessError
 from harness.exporting import export_quantized
 from harness.plan import Variant, variant_config
 from harness.reference import evaluate_reference
+from methods import onload
 from methods.quantizer import QuantSpecError
 
 REFERENCE_COLUMNS = {"bits": 16, "group_size": -1, "calib": "none", "calib_samples": 0, "calib_seqlen": 0}
@@ -70,7 +71,8 @@ class Session:
               f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params) for {len(plan)} variant(s)")
         checks.check_loaded(model, plan, cfg.export)
         # a CPU copy of the original weights: restoring it is much cheaper than reloading the model
-        snapshot = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        # (offloaded layers keep theirs in their homes: methods/onload.py)
+        snapshot = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if not v.is_meta}
         compute = models.resolve_compute_dtype(cfg.model.compute_dtype, model.device)
         buffers = models.computed_buffers(model)
         models.cast(model, models.COMPUTE_DTYPES[compute], buffers)
@@ -88,7 +90,11 @@ class Session:
     def restore(self) -> None:
         """Back to the loaded master weights (a method may have untied the output head to quantize it)."""
         models.cast(self.model, models.DTYPES[self.cfg.model.dtype], self.buffers)
-        self.model.load_state_dict(self.snapshot)
+        onload.reset(self.model)
+        missing, unexpected = self.model.load_state_dict(self.snapshot, strict=False)
+        state = self.model.state_dict()
+        if unexpected or any(not state[k].is_meta for k in missing):  # only offloaded tensors may be absent
+            raise RuntimeError(f"restore: the snapshot does not match the model ({(unexpected or missing)[:3]})")
         if self.tied_head and not head_is_tied(self.model):
             self.model.get_output_embeddings().weight = self.model.get_input_embeddings().weight
             self.model.config.tie_word_embeddings = True
@@ -145,6 +151,7 @@ class Session:
                 "model": self.cfg.model.name, "model_note": self.cfg.model.note, "versions": results.versions(),
                 "method": v.name, "bits": v.method.bits, "group_size": v.method.group_size,
                 "quant_seconds": result.seconds, "config_hash": config_hash(cfg_v), "compute_dtype": self.compute_dtype,
+                "offload": self.cfg.model.offload,
                 **calib_columns(v.calib, calib), **results.size_columns(self.model, v.method)}
         if v.entry.reference:
             cols.update(REFERENCE_COLUMNS)

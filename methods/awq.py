@@ -29,6 +29,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from methods import onload
 from methods.block_loss import BlockLoss, record_inputs, rows_per_batch
 from methods.capture import InputStats, LayerwiseRunner, layer_linears
 from methods.mappings import ArchMapping, ScaleGroup, mapping_for
@@ -160,22 +161,11 @@ class AWQ(Method):
         if calib is None:
             raise ValueError(f"{self.name} needs calibration data")
         runner = LayerwiseRunner(model, mapping, calib.input_ids, cfg.batch_size)
-        stats_out, qweights, skipped = [], {}, set()
+        stats_out, qweights, skipped, done = [], {}, set(), set()
         for i in tqdm(range(len(runner.layers)), desc=f"{self.name}: layers", unit="layer"):
-            layer = runner.layers[i]
-            linears, stats, block_inputs = collect_layer(runner, i, mapping, cfg, also_advance=not cfg.sequential)
-            layer_info = {"layer": f"{mapping.layers}.{i}"}
-            if cfg.scale:
-                layer_info.update(scale_layer(layer, linears, stats, mapping, spec, cfg, skipped, block_inputs))
-            clips = clip_layer(linears, stats, mapping, spec, cfg) if cfg.clip else {}
-            prefix = f"{mapping.layers}.{i}."
-            full = {prefix + n: lin for n, lin in linears.items()}
-            st, qw = fake_quantize_linears(full, spec, clips={prefix + n: c for n, c in clips.items()})
-            stats_out.append({**layer_info, "weight_mse": sum(s["weight_mse"] for s in st) / len(st)})
-            qweights.update(qw)
-            if cfg.sequential:
-                runner.advance(i)
-        rest = {n: m for n, m in targets.items() if n not in qweights}
+            with onload.held(runner.layers[i]):
+                done |= self._layer(runner, i, mapping, spec, cfg, skipped, stats_out, qweights)
+        rest = {n: m for n, m in targets.items() if n not in done}
         if rest:  # Linears outside the decoder layers (e.g. an output head when asked): plain RTN
             st, qw = fake_quantize_linears(rest, spec)
             qweights.update(qw)
@@ -183,6 +173,23 @@ class AWQ(Method):
             log.warning("%s: scale groups skipped (shapes do not allow folding, e.g. GQA): %s",
                         self.name, ", ".join(sorted(skipped)))
         return QuantResult(self.name, time.perf_counter() - t0, peak_rss_mb(), stats_out, qweights)
+
+    def _layer(self, runner, i, mapping, spec, cfg, skipped, stats_out, qweights) -> set[str]:
+        """Scale, clip and quantize decoder layer ``i``; returns the names of its quantized Linears."""
+        layer = runner.layers[i]
+        linears, stats, block_inputs = collect_layer(runner, i, mapping, cfg, also_advance=not cfg.sequential)
+        layer_info = {"layer": f"{mapping.layers}.{i}"}
+        if cfg.scale:
+            layer_info.update(scale_layer(layer, linears, stats, mapping, spec, cfg, skipped, block_inputs))
+        clips = clip_layer(linears, stats, mapping, spec, cfg) if cfg.clip else {}
+        prefix = f"{mapping.layers}.{i}."
+        full = {prefix + n: lin for n, lin in linears.items()}
+        st, qw = fake_quantize_linears(full, spec, clips={prefix + n: c for n, c in clips.items()})
+        stats_out.append({**layer_info, "weight_mse": sum(s["weight_mse"] for s in st) / len(st)})
+        qweights.update(qw)
+        if cfg.sequential:
+            runner.advance(i)
+        return set(full)
 
 
 def collect_layer(runner: LayerwiseRunner, i: int, mapping: ArchMapping, cfg, also_advance: bool):

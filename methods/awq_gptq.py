@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from methods.awq import AWQConfig, clip_layer, collect_layer, scale_layer
+from methods import onload
 from methods.capture import LayerwiseRunner
 from methods.gptq import GPTQConfig, gptq_layer
 from methods.mappings import mapping_for
@@ -50,26 +51,32 @@ class AWQThenGPTQ(Method):
         mapping = mapping_for(model)
         spec, targets = prepare_targets(model, cfg)
         runner = LayerwiseRunner(model, mapping, calib.input_ids, cfg.batch_size)
-        stats_out, qweights, skipped = [], {}, set()
+        stats_out, qweights, skipped, done = [], {}, set(), set()
         for i in tqdm(range(len(runner.layers)), desc=f"{self.name}: layers", unit="layer"):
-            layer = runner.layers[i]
-            linears, stats, block_inputs = collect_layer(runner, i, mapping, cfg, also_advance=False)
-            info = {"layer": f"{mapping.layers}.{i}"}
-            if cfg.scale:
-                info.update(scale_layer(layer, linears, stats, mapping, spec, cfg, skipped, block_inputs))
-            ratios = {}
-            if cfg.clip:
-                clips = clip_layer(linears, stats, mapping, spec, cfg)
-                ratios = {n: c / group_absmax(linears[n].weight, spec).clamp_min(1e-12) for n, c in clips.items()}
-            layer_q, layer_stats = gptq_layer(linears, stats, spec, cfg, ratios)
-            qweights.update({f"{mapping.layers}.{i}.{n}": qw for n, qw in layer_q.items()})
-            info["gptq_loss"] = sum(s["gptq_loss"] for s in layer_stats)
-            stats_out.append(info)
-            runner.advance(i)
-        rest = {n: m for n, m in targets.items() if n not in qweights}
+            with onload.held(runner.layers[i]):
+                done |= self._layer(runner, i, mapping, spec, cfg, skipped, stats_out, qweights)
+        rest = {n: m for n, m in targets.items() if n not in done}
         if rest:
             qweights.update(fake_quantize_linears(rest, spec)[1])
         if skipped:
             log.warning("%s: scale groups skipped (shapes do not allow folding, e.g. GQA): %s",
                         self.name, ", ".join(sorted(skipped)))
         return QuantResult(self.name, time.perf_counter() - t0, peak_rss_mb(), stats_out, qweights)
+
+    def _layer(self, runner, i, mapping, spec, cfg, skipped, stats_out, qweights) -> set[str]:
+        """Steps 1-5 of the module docstring on decoder layer ``i``; returns its quantized Linears' names."""
+        layer = runner.layers[i]
+        linears, stats, block_inputs = collect_layer(runner, i, mapping, cfg, also_advance=False)
+        info = {"layer": f"{mapping.layers}.{i}"}
+        if cfg.scale:
+            info.update(scale_layer(layer, linears, stats, mapping, spec, cfg, skipped, block_inputs))
+        ratios = {}
+        if cfg.clip:
+            clips = clip_layer(linears, stats, mapping, spec, cfg)
+            ratios = {n: c / group_absmax(linears[n].weight, spec).clamp_min(1e-12) for n, c in clips.items()}
+        layer_q, layer_stats = gptq_layer(linears, stats, spec, cfg, ratios)
+        qweights.update({f"{mapping.layers}.{i}.{n}": qw for n, qw in layer_q.items()})
+        info["gptq_loss"] = sum(s["gptq_loss"] for s in layer_stats)
+        stats_out.append(info)
+        runner.advance(i)
+        return {f"{mapping.layers}.{i}.{n}" for n in linears}

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from methods import onload
 from methods.mappings import ArchMapping
 
 
@@ -121,7 +122,8 @@ class LayerwiseRunner:
                 stats[n] = st
             hooks.append(lin.register_forward_hook(lambda m, args, out, st=st: st.add(args[0])))
         try:
-            outs = [self._forward(index, b) for b in range(len(self.hidden))]
+            with onload.held(self.layers[index], write=False):  # one materialisation for all batches
+                outs = [self._forward(index, b) for b in range(len(self.hidden))]
         finally:
             for h in hooks:
                 h.remove()
@@ -131,7 +133,8 @@ class LayerwiseRunner:
 
     @torch.no_grad()
     def advance(self, index: int) -> None:
-        self.hidden = [self._forward(index, b) for b in range(len(self.hidden))]
+        with onload.held(self.layers[index], write=False):
+            self.hidden = [self._forward(index, b) for b in range(len(self.hidden))]
 
     def _forward(self, index: int, batch: int) -> torch.Tensor:
         return layer_output(self.layers[index](self.hidden[batch], **self.kwargs[index][batch]))

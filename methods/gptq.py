@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from methods import onload
 from methods.capture import LayerwiseRunner, layer_linears
 from methods.mappings import mapping_for
 from methods.quantizer import PER_CHANNEL, QuantizedWeight, QuantSpec, codes_for, compute_qparams, group_absmax
@@ -171,7 +172,8 @@ def gptq_layer(linears: dict, stats: dict, spec: QuantSpec, cfg, clip_ratios: di
             part = qw.rows(rows, rows + lin.out_features)
             rows += lin.out_features
             lin.weight.data.copy_(part.dequantize().to(lin.weight.dtype))
-            qweights[n] = part
+            if onload.keeps_codes(lin):
+                qweights[n] = part
         out.append({"layer": "+".join(names), "gptq_loss": loss})
     return qweights, out
 
@@ -185,16 +187,18 @@ class GPTQ(Method):
         if calib is None:
             raise ValueError("gptq needs calibration data")
         runner = LayerwiseRunner(model, mapping, calib.input_ids, cfg.batch_size)
-        stats_out, qweights = [], {}
+        stats_out, qweights, done = [], {}, set()
         for i in tqdm(range(len(runner.layers)), desc="gptq: layers", unit="layer"):
-            linears = layer_linears(runner.layers[i])
-            stats = runner.collect_stats(i, linears, mapping)
-            layer_q, layer_stats = gptq_layer(linears, stats, spec, cfg)
-            prefix = f"{mapping.layers}.{i}."
-            qweights.update({prefix + n: qw for n, qw in layer_q.items()})
-            stats_out.extend({**st, "layer": prefix + st["layer"]} for st in layer_stats)
-            runner.advance(i)  # the next layer sees this layer's quantized outputs
-        rest = {n: m for n, m in targets.items() if n not in qweights}
+            with onload.held(runner.layers[i]):
+                linears = layer_linears(runner.layers[i])
+                stats = runner.collect_stats(i, linears, mapping)
+                layer_q, layer_stats = gptq_layer(linears, stats, spec, cfg)
+                prefix = f"{mapping.layers}.{i}."
+                qweights.update({prefix + n: qw for n, qw in layer_q.items()})
+                done.update(prefix + n for n in linears)
+                stats_out.extend({**st, "layer": prefix + st["layer"]} for st in layer_stats)
+                runner.advance(i)  # the next layer sees this layer's quantized outputs
+        rest = {n: m for n, m in targets.items() if n not in done}
         if rest:
             qweights.update(fake_quantize_linears(rest, spec)[1])
         return QuantResult(self.name, time.perf_counter() - t0, peak_rss_mb(), stats_out, qweights)

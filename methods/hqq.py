@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from methods import onload
 from methods.quantizer import QuantizedWeight, QuantSpec, codes_for, dequantize, quantize
 from methods.registry import Method, MethodConfig, MethodError, QuantResult, register
 from methods.targets import peak_rss_mb, prepare_targets
@@ -89,7 +90,7 @@ class HQQ(Method):
         self.check_config(cfg)
         spec, linears = prepare_targets(model, cfg)
         stats, qweights = [], {}
-        for name, lin in tqdm(linears.items(), desc="hqq: quantizing", unit="linear"):
+        for name, lin in onload.walk(tqdm(linears.items(), desc="hqq: quantizing", unit="linear")):
             w = lin.weight.data
             scale, zero = hqq_qparams(w, spec, cfg.iters, cfg.lp_norm, cfg.beta, cfg.kappa)
             if cfg.round_zero:
@@ -98,5 +99,6 @@ class HQQ(Method):
             wq = dequantize(qw.codes, scale, zero, spec)
             stats.append({"layer": name, "weight_mse": (wq - w.float()).pow(2).mean().item()})
             lin.weight.data.copy_(wq.to(w.dtype))
-            qweights[name] = qw
+            if onload.keeps_codes(lin):
+                qweights[name] = qw
         return QuantResult(self.name, time.perf_counter() - t0, peak_rss_mb(), stats, qweights)

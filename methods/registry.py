@@ -62,6 +62,9 @@ class QuantResult:
 class Method:
     """Base of every method class: ``quantize`` modifies the model in place."""
     name: str = ""
+    # works on a model whose decoder layers are offloaded (methods/onload.py): it holds each layer
+    # while it changes it; the peers' own code expects every weight in place
+    offloadable: bool = True
 
     def check_installed(self) -> None:
         """Raise MethodError when an optional package the method needs is missing (cheap, no import)."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from methods import onload
 from methods.awq import proxy_loss
 from methods.capture import InputStats, LayerwiseRunner, layer_linears
 from methods.mappings import mapping_for
@@ -115,7 +116,7 @@ def protect_salient(linears: dict[str, nn.Linear], stats: dict[str, InputStats],
         raise SalienceError(f"no calibration statistics for {missing[0]} (only decoder-layer Linears are covered)")
     gen = torch.Generator().manual_seed(seed)
     out = []
-    for name, lin in linears.items():
+    for name, lin in onload.walk(linears.items()):
         w = lin.weight.data
         keep = None if selector is None else select_channels(selector, fraction, w, stats[name].mean_abs, gen)
         wq = quantize_keeping(w, spec, keep)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from methods import onload
 from methods.quantizer import QuantSpec, QuantSpecError, valid_group_sizes
 
 
@@ -67,13 +68,14 @@ def fake_quantize_linears(linears: dict[str, nn.Linear], spec: QuantSpec, progre
     from methods.quantizer import QuantizedWeight
 
     stats, qweights = [], {}
-    for name, lin in linears.items():
+    for name, lin in onload.walk(linears.items()):
         w = lin.weight.data
         qw = QuantizedWeight.from_weight(w, spec, None if clips is None else clips.get(name))
         wq = qw.dequantize().to(w.dtype)
         stats.append({"layer": name, "weight_mse": (wq.float() - w.float()).pow(2).mean().item()})
         lin.weight.data.copy_(wq)
-        qweights[name] = qw
+        if onload.keeps_codes(lin):
+            qweights[name] = qw
         if progress is not None:
             progress.update(1)
     return stats, qweights

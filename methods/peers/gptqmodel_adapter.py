@@ -85,6 +85,8 @@ def _save_copy(model, directory: Path, dtype: torch.dtype | None) -> None:
 
 
 class _GPTQModel(Method):
+    offloadable = False  # the peer's own code needs every weight in place
+
     def check_installed(self) -> None:
         require("gptqmodel", PACKAGE, self.name)
 

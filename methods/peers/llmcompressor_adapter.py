@@ -56,6 +56,8 @@ def _their_qweights(peer, names, spec: QuantSpec) -> dict:
 
 
 class _LLMCompressor(Method):
+    offloadable = False  # the peer's own code needs every weight in place
+
     def check_installed(self) -> None:
         require("llmcompressor", PACKAGE, self.name)
 

@@ -30,3 +30,11 @@ def test_settings_that_never_move_a_number_leave_the_hash():
     for override in ("sanity.max_ppl_ratio=3", "resume=false", "variants=[fp,rtn]", "cache_dir=/x", "export.dir=/y"):
         assert config_hash(cfg("method=rtn", override)) == base, override
     assert config_hash(cfg("method=rtn", "seed=1")) != base
+
+
+def test_offload_is_in_the_hash_and_its_scratch_directory_is_not():
+    base = config_hash(cfg("method=rtn"))
+    assert config_hash(cfg("method=rtn", "model.offload=none")) == base  # the default keeps earlier hashes
+    disk = config_hash(cfg("method=rtn", "model.offload=disk"))
+    assert disk != base
+    assert config_hash(cfg("method=rtn", "model.offload=disk", "model.offload_dir=/elsewhere")) == disk
