@@ -29,7 +29,7 @@ sandbox-tools:
 	command -v bwrap >/dev/null 2>&1 || \
 		echo "note: bubblewrap (bwrap) is not installed; the code suite's sandbox falls back to weaker isolation"
 
-.PHONY: install sandbox-tools run test sweep gpu-check clean
+.PHONY: install sandbox-tools run test sweep gpu-check offload-demo clean
 install: $(VENV)/.installed sandbox-tools
 
 # the default job: FP, RTN, AWQ and GPTQ at w4 g64, quick suites, one session, the decision on the console;
@@ -44,6 +44,11 @@ test: install
 # on a CUDA machine: kernels, bench, the embedded model on cuda, export -> serving check, decode (one table)
 gpu-check: install
 	$(PY) -m harness.gpu_check $(ARGS)
+
+# a random ~2B-parameter Llama (8 GB fp32) quantized with AWQ and GPTQ under a 3 GB memory cgroup,
+# layers offloaded to disk (needs root and cgroup v1's memory controller); ARGS go to the tool
+offload-demo: install
+	$(PY) -m harness.tools.offload_demo $(ARGS)
 
 sweep: install
 	$(PY) -m harness --multirun method=fp,rtn $(ARGS)

@@ -57,7 +57,9 @@ def to_host(model, device: torch.device, master_dtype: torch.dtype) -> None:
     """``offload=cpu`` on a loaded model: its layers' weights become their host-memory homes."""
     layers = [(prefix, layer, onload.HostHome({n: p.detach().to("cpu") for n, p in layer.named_parameters()}))
               for prefix, layer in decoder_layers(model)]
-    onload.offload(model, layers, device, master_dtype)
+    in_layers = {prefix + n for prefix, layer, _ in layers for n, _ in layer.named_parameters()}
+    resident = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if k not in in_layers}
+    onload.offload(model, layers, device, master_dtype, onload.HostHome(resident))
 
 
 def tensor_index(directory: Path) -> dict[str, str]:
@@ -94,13 +96,14 @@ def from_disk(directory: Path, device: torch.device, master_dtype: torch.dtype, 
     model = empty_model(directory, master_dtype)
     layers = decoder_layers(model)
     in_layers = {prefix + n for prefix, layer in layers for n, _ in layer.named_parameters()}
-    resident = {}
+    resident, resident_sources = {}, {}
     for key, value in model.state_dict().items():
         if key in in_layers:
             continue
         if key in index:
             t = _read(index[key], key)
             resident[key] = t.to(value.dtype) if value.is_floating_point() else t
+            resident_sources[key] = (index[key], key)
         elif not _is_tied_head(model, key):
             raise HarnessError(f"model.offload=disk reads tensors by name and {key} is not in {directory}; "
                                "use model.offload=cpu for this checkpoint")
@@ -119,7 +122,7 @@ def from_disk(directory: Path, device: torch.device, master_dtype: torch.dtype, 
                                    f"{directory}; use model.offload=cpu for this checkpoint")
             sources[name] = (index[prefix + name], prefix + name)
         homes.append((prefix, layer, onload.DiskHome(sources, scratch / f"layer-{i}.safetensors")))
-    onload.offload(model, homes, device, master_dtype)
+    onload.offload(model, homes, device, master_dtype, onload.DiskHome(resident_sources, None))
     return model
 
 

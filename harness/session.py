@@ -71,8 +71,8 @@ class Session:
               f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params) for {len(plan)} variant(s)")
         checks.check_loaded(model, plan, cfg.export)
         # a CPU copy of the original weights: restoring it is much cheaper than reloading the model
-        # (offloaded layers keep theirs in their homes: methods/onload.py)
-        snapshot = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if not v.is_meta}
+        # (an offloaded model keeps them in its homes: methods/onload.py)
+        snapshot = {} if onload.offloaded(model) else {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         compute = models.resolve_compute_dtype(cfg.model.compute_dtype, model.device)
         buffers = models.computed_buffers(model)
         models.cast(model, models.COMPUTE_DTYPES[compute], buffers)
@@ -90,11 +90,10 @@ class Session:
     def restore(self) -> None:
         """Back to the loaded master weights (a method may have untied the output head to quantize it)."""
         models.cast(self.model, models.DTYPES[self.cfg.model.dtype], self.buffers)
-        onload.reset(self.model)
-        missing, unexpected = self.model.load_state_dict(self.snapshot, strict=False)
-        state = self.model.state_dict()
-        if unexpected or any(not state[k].is_meta for k in missing):  # only offloaded tensors may be absent
-            raise RuntimeError(f"restore: the snapshot does not match the model ({(unexpected or missing)[:3]})")
+        if onload.offloaded(self.model):
+            onload.reset(self.model)
+        else:
+            self.model.load_state_dict(self.snapshot)
         if self.tied_head and not head_is_tied(self.model):
             self.model.get_output_embeddings().weight = self.model.get_input_embeddings().weight
             self.model.config.tie_word_embeddings = True

@@ -44,7 +44,7 @@ class DiskHome:
     scratch file of its own (written whole, then renamed)."""
     shared = False
 
-    def __init__(self, sources: dict[str, tuple[str, str]], scratch: Path):
+    def __init__(self, sources: dict[str, tuple[str, str]], scratch: Path | None):
         self.sources = sources  # name in the layer -> (file, key in that file)
         self.scratch = scratch
         self.written = False
@@ -73,7 +73,8 @@ class DiskHome:
         self.written = True
 
     def reset(self) -> None:
-        self.scratch.unlink(missing_ok=True)
+        if self.scratch is not None:
+            self.scratch.unlink(missing_ok=True)
         self.written = False
 
 
@@ -134,10 +135,15 @@ class OffloadedLayer:
             module._parameters[attr] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=False)
 
 
-def offload(model: nn.Module, layers: list[tuple[str, nn.Module, object]], device, master_dtype) -> None:
-    """Offload each ``(prefix, layer, home)``; the layers' parameters become meta tensors."""
+RESIDENT = "_qh_resident_home"  # set on the model: the loaded values of the tensors outside the layers
+
+
+def offload(model: nn.Module, layers: list[tuple[str, nn.Module, object]], device, master_dtype, resident) -> None:
+    """Offload each ``(prefix, layer, home)``; the layers' parameters become meta tensors. ``resident``
+    is a home with the loaded values of the other tensors (by state_dict name), for ``reset``."""
     setattr(model, LAYERS, [OffloadedLayer(layer, prefix, home, device, master_dtype)
                             for prefix, layer, home in layers])
+    setattr(model, RESIDENT, resident)
 
 
 @torch.no_grad()
@@ -192,12 +198,19 @@ def _holding(items, write: bool):
         stack.close()
 
 
+@torch.no_grad()
 def reset(model: nn.Module) -> None:
-    """Every offloaded layer back to the weights it was loaded with."""
+    """An offloaded model back to the weights it was loaded with: every layer's home, and the
+    resident tensors copied in place (tied tensors stay tied)."""
     for layer in offloaded(model):
         if layer.depth:
             raise RuntimeError(f"offloaded layer {layer.prefix!r} is still held")
         layer.home.reset()
+    resident = getattr(model, RESIDENT, None)
+    if resident is not None:
+        state = model.state_dict(keep_vars=True)
+        for name, value in resident.read().items():
+            state[name].copy_(value)
 
 
 def state_items(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
