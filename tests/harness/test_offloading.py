@@ -40,3 +40,17 @@ def test_offload_mistakes_are_one_line_before_loading(args, needle, tmp_path):
     assert r.returncode != 0
     assert needle in r.stderr, r.stderr
     assert "Traceback" not in r.stderr + r.stdout
+
+
+@pytest.mark.parametrize("setting", ["model.offload=disk", "model.device_map=auto"])
+def test_generation_suite_is_the_same_offloaded_or_placed_by_accelerate(setting, tmp_path, tiny_llama_dir):
+    suite = ["eval.suites=[perplexity,json]", "eval.json.n_prompts=2", "eval.json.max_new_tokens=6"]
+    variants = lambda cfg: [plan_mod.Variant(plan_mod.method_config(m), cfg.calib) for m in ("fp", "rtn")]  # noqa: E731
+    rows = []
+    for extra in ([], [setting]):
+        cfg = tiny_cfg(tiny_llama_dir, tmp_path / str(len(rows)), *suite, *extra)
+        rows.append(session_mod.combined(session_mod.run(cfg, variants(cfg), "run", resume=False))[0])
+    key = ["method", "suite", "task", "metric"]
+    assert "json" in set(rows[0].suite)
+    pd.testing.assert_frame_equal(rows[0][COMPARED].sort_values(key).reset_index(drop=True),
+                                  rows[1][COMPARED].sort_values(key).reset_index(drop=True))
