@@ -34,6 +34,8 @@ def test_offloaded_session_gives_the_same_numbers(offload, tmp_path, tiny_llama_
      "export.dir packs every layer's codes at once; it does not run with model.offload=disk"),
     (["model.offload=cpu", "method=llmc_awq"], "method=llmc_awq runs the peer tool's own code"),
     (["model.offload=disk", "model.device_map=auto"], "model.offload=disk places layers itself; drop model.device_map=auto"),
+    (["model=hub", "model.hub_id=someone/some-model", "model.offload=disk"],
+     "cannot fetch 'someone/some-model' from the Hugging Face hub for model.offload=disk"),
 ])
 def test_offload_mistakes_are_one_line_before_loading(args, needle, tmp_path):
     r = harness(*args, f"hydra.run.dir={tmp_path / 'OUT'}", cwd=tmp_path)
@@ -54,3 +56,14 @@ def test_generation_suite_is_the_same_offloaded_or_placed_by_accelerate(setting,
     assert "json" in set(rows[0].suite)
     pd.testing.assert_frame_equal(rows[0][COMPARED].sort_values(key).reset_index(drop=True),
                                   rows[1][COMPARED].sort_values(key).reset_index(drop=True))
+
+
+def test_disk_offload_of_a_checkpoint_without_safetensors_is_one_line(tmp_path, tiny_llama_dir):
+    import shutil
+
+    legacy = tmp_path / "legacy"
+    shutil.copytree(tiny_llama_dir, legacy)
+    (legacy / "model.safetensors").unlink()
+    r = harness("model=path", f"model.path={legacy}", "model.offload=disk", f"hydra.run.dir={tmp_path / 'OUT'}", cwd=tmp_path)
+    assert r.returncode != 0 and "Traceback" not in r.stderr + r.stdout
+    assert "model.offload=disk reads safetensors files" in r.stderr and "use model.offload=cpu" in r.stderr, r.stderr
