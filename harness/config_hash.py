@@ -25,9 +25,11 @@ def config_hash(cfg) -> str:
     compute = models.resolve_compute_dtype(d.get("model", {}).pop("compute_dtype", "auto"), device)
     if compute != "fp32":  # the dtype evaluation ran in, resolved; fp32 runs keep their earlier hashes
         d["model"]["compute_dtype"] = compute
-    for key, unset in (("offload", "none"), ("offload_dir", None), ("device_map", None)):
-        if key == "offload_dir" or d.get("model", {}).get(key, unset) == unset:  # none: hashes as before
-            d.get("model", {}).pop(key, None)
+    placement = d.get("model", {})
+    placement.pop("offload_dir", None)  # where scratch files go never moves a number
+    for key, unset in (("offload", "none"), ("device_map", None)):
+        if placement.get(key, unset) == unset:
+            placement.pop(key, None)  # unset: the hash runs had before these options existed
     name = d.get("method", {}).get("name")
     if name in methods.available() and methods.entry(name).reference:
         d["method"] = {"name": name}  # bits, groups, calibration do not touch the reference model

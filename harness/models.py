@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from harness import offloading
 from harness.errors import HarnessError
 from methods import onload
 
@@ -175,14 +176,11 @@ def load(cfg):
     check_source(cfg)
     device = resolve_device(cfg.device)
     if cfg.offload == "disk":
-        from harness import offloading
+        from transformers import AutoTokenizer
 
         where = checkpoint_dir(cfg)
         model = offloading.from_disk(where, device, DTYPES[cfg.dtype], offload_root(cfg))
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(str(where))
-        return _ready(model, tok, cfg, device)
+        return _ready(model, AutoTokenizer.from_pretrained(str(where)), cfg, device)
     if cfg.source == "gguf_package":
         model, tok = _load_gguf(cfg)
     elif cfg.source == "path":
@@ -203,20 +201,16 @@ def load(cfg):
                 f"model=path model.path=DIR ({str(e).splitlines()[0][:160]})"
             ) from None
     if cfg.offload == "cpu":
-        from harness import offloading
-
         offloading.to_host(model, device, DTYPES[cfg.dtype])
     return _ready(model, tok, cfg, device)
 
 
 def _ready(model, tok, cfg, device):
     _fix_special_tokens(model, tok, cfg)
-    if cfg.device_map:
-        pass  # accelerate placed every module
-    elif cfg.offload == "none":
+    if cfg.offload != "none":
+        onload.move_resident(model, device)  # the offloaded layers go to the device one at a time
+    elif not cfg.device_map:  # (with a device map accelerate has placed every module)
         model.to(device)  # methods and suites follow the model's device
-    else:
-        onload.move_resident(model, device)
     model.eval()
     model.requires_grad_(False)
     return model, tok
