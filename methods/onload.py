@@ -29,6 +29,9 @@ class HostHome:
     def __init__(self, tensors: dict[str, torch.Tensor]):
         self.pristine = self.current = tensors
 
+    def names(self) -> set[str]:
+        return set(self.pristine)
+
     def read(self) -> dict[str, torch.Tensor]:
         return self.current
 
@@ -48,6 +51,9 @@ class DiskHome:
         self.sources = sources  # name in the layer -> (file, key in that file)
         self.scratch = scratch
         self.written = False
+
+    def names(self) -> set[str]:
+        return set(self.sources)
 
     def read(self) -> dict[str, torch.Tensor]:
         from safetensors import safe_open
@@ -86,7 +92,7 @@ class OffloadedLayer:
         self.device, self.master_dtype = torch.device(device), master_dtype
         self.depth, self.dirty = 0, False
         names = set(dict(layer.named_parameters(remove_duplicate=False)))
-        if set(home.read()) != names:
+        if home.names() != names:
             raise ValueError(f"offloaded layer {prefix!r}: its home holds other tensors than the layer's parameters")
         for module in layer.modules():
             object.__setattr__(module, OWNER, self)
