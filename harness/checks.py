@@ -80,6 +80,8 @@ def validate_static(cfg, plan) -> None:
     check_suites(cfg)
     check_writable(cfg.store_dir, "store_dir")
     check_writable(cfg.cache_dir, "cache_dir")
+    if cfg.model.offload == "disk":  # changed layers are written there
+        check_writable(models.offload_root(cfg.model), "model.offload_dir")
     if cfg.export.dir:
         check_export(cfg.export, export_variant(plan).method)
 

@@ -34,6 +34,7 @@ def test_offloaded_session_gives_the_same_numbers(offload, tmp_path, tiny_llama_
      "export.dir packs every layer's codes at once; it does not run with model.offload=disk"),
     (["model.offload=cpu", "method=llmc_awq"], "method=llmc_awq runs the peer tool's own code"),
     (["model.offload=disk", "model.device_map=auto"], "model.offload=disk places layers itself; drop model.device_map=auto"),
+    (["model.offload=disk", "model.offload_dir=/proc/x"], "model.offload_dir=/proc/x is not a writable directory"),
     (["model=hub", "model.hub_id=someone/some-model", "model.offload=disk"],
      "cannot fetch 'someone/some-model' from the Hugging Face hub for model.offload=disk"),
 ])
