@@ -50,15 +50,18 @@ def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
+def positions_kept(model, n: int) -> dict:
+    """``logits_to_keep=n`` where the model takes it (logits for the last ``n`` positions only), else
+    nothing: callers index the logits from the end."""
+    return {"logits_to_keep": n} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
 def decode_kwargs(model, cache) -> dict:
     """Cache argument (transformers renamed ``past_key_values`` to ``cache`` during 5.x) and, where the
     model takes it, ``logits_to_keep=1``: only the last position's logits are needed, which spares the
     vocabulary projection over the whole prompt at prefill."""
     params = inspect.signature(model.forward).parameters
-    kw = {"cache" if "cache" in params else "past_key_values": cache}
-    if "logits_to_keep" in params:
-        kw["logits_to_keep"] = 1
-    return kw
+    return {"cache" if "cache" in params else "past_key_values": cache, **positions_kept(model, 1)}
 
 
 @torch.no_grad()

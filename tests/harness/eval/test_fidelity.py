@@ -173,3 +173,15 @@ def test_same_top_token_and_delta_p_by_hand():
     assert rows["dp_ref_tok_p01"]["value"] == pytest.approx(np.percentile(dp, 1), abs=1e-6)
     assert rows["dp_ref_tok_p99"]["value"] == pytest.approx(np.percentile(dp, 99), abs=1e-6)
     assert math.isnan(rows["dp_ref_tok_p99"]["stderr"])
+
+
+def test_answer_log_probs_equal_a_full_forward_of_each_pair(pairs, smol_tokenizer):
+    """The batch projects only from its earliest answer start on (logits_to_keep); every pair's rows
+    are still those of its own full, unbatched forward pass."""
+    model = peaked_model()
+    for (lp, target), (prompt, answer) in zip(answer_logprobs(model, smol_tokenizer, pairs, batch_size=3), pairs):
+        p = smol_tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([p + target.tolist()])
+        with torch.no_grad():
+            full = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+        assert torch.allclose(lp, full[len(p) - 1:-1], atol=1e-4)
