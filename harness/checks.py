@@ -9,6 +9,7 @@ import methods
 from harness import calib as calib_mod
 from harness import eval as suites
 from harness import hub_data, models, offloading
+from harness.data import eval_text_path
 from harness.errors import HarnessError
 from harness.textfiles import check_long_enough
 from harness.eval import perplexity
@@ -42,7 +43,7 @@ def check_suites(cfg) -> None:
     for s in cfg.eval.suites:
         suites.check_installed(s)  # a missing data package fails before loading
     for t in cfg.eval.texts:
-        path = Path(t).expanduser()
+        path = eval_text_path(t)
         perplexity.read_text(path)
         if not hub_data.is_hub(path):
             check_long_enough(path, cfg.eval.seqlen, "eval text", "eval.seqlen")

@@ -33,7 +33,10 @@ def read_text(path: Path) -> str:
     if hub_data.is_hub(path):  # eval.texts=[hub:wikitext2]: the paper protocol's text
         return hub_data.text(str(path))
     if not path.is_file():
-        raise HarnessError(f"eval text not found: {path}")
+        from harness.data import shipped_eval_texts
+
+        names = ", ".join(p.stem for p in shipped_eval_texts())
+        raise HarnessError(f"eval text not found: {path} (a path, a hub: name or a shipped text: {names})")
     return read_text_file(path, "eval text")
 
 
@@ -84,7 +87,7 @@ def evaluate(model, text: EvalText, batch_size: int, desc: str = "") -> dict:
 
 @dataclass
 class PerplexitySettings:
-    texts: list[str]  # eval.texts: paths or hub: names; empty = every shipped eval text
+    texts: list[str]  # eval.texts: paths, hub: names or shipped names (code_py); empty = every shipped eval text
     seqlen: int
     max_windows: int
     batch_size: int
@@ -99,9 +102,9 @@ class PerplexitySuite:
         return view(PerplexitySettings, cfg.eval)
 
     def prepare(self, tok, s: PerplexitySettings) -> list[EvalText]:
-        from harness.data import shipped_eval_texts
+        from harness.data import eval_text_path, shipped_eval_texts
 
-        paths = [Path(t).expanduser() for t in s.texts] if s.texts else shipped_eval_texts()
+        paths = [eval_text_path(t) for t in s.texts] if s.texts else shipped_eval_texts()
         return [prepare(p, tok, s.seqlen, s.max_windows) for p in paths]
 
     def evaluate(self, model, tok, data: list[EvalText], s: PerplexitySettings, reference=None) -> SuiteOutput:

@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -67,3 +68,20 @@ def test_empty_and_short_texts_are_rejected(tmp_path, smol_tokenizer):
         perplexity.prepare(short, smol_tokenizer, 512, 0)
     with pytest.raises(HarnessError, match="not found"):
         perplexity.prepare(tmp_path / "missing.txt", smol_tokenizer, 16, 0)
+
+
+def test_eval_texts_take_shipped_names_paths_and_hub_names(tmp_path):
+    from harness.data import EVAL_DIR, eval_text_path
+
+    assert eval_text_path("code_py") == EVAL_DIR / "code_py.txt"
+    own = tmp_path / "code_py.txt"
+    assert eval_text_path(str(own)) == own  # a path stays a path, even with a shipped file's name
+    assert str(eval_text_path("hub:wikitext2")) == "hub:wikitext2"
+    assert eval_text_path("no_such_text") == Path("no_such_text")
+
+
+def test_unknown_eval_text_names_the_shipped_ones():
+    from harness.data import eval_text_path
+
+    with pytest.raises(HarnessError, match=r"eval text not found: no_such_text \(.*shipped text: code_py, lang_de"):
+        perplexity.read_text(eval_text_path("no_such_text"))
