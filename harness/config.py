@@ -49,9 +49,10 @@ class CalibConfig:
 @dataclass
 class ToolCallsConfig:
     """BFCL function calling (harness/eval/tool_calls.py). Defaults are the quick size."""
-    categories: list[str] = field(default_factory=lambda: ["simple", "multiple", "parallel"])
-    n_per_category: int = 6  # seeded sample (seed = cfg.seed); <= 0 means all (400 / 200 / 200)
-    max_new_tokens: int = 128
+    # quick: parallel calls (references of 130-205 tokens) only in eval=full, where answers may be longer
+    categories: list[str] = field(default_factory=lambda: ["simple", "multiple"])
+    n_per_category: int = 2  # seeded sample (seed = cfg.seed); <= 0 means all (400 / 200 / 200)
+    max_new_tokens: int = 96  # the simple and multiple references of the quick sample are 41-96 tokens
 
 
 @dataclass
@@ -68,16 +69,16 @@ class SandboxConfig:
 @dataclass
 class CodeSuiteConfig:
     """HumanEval (harness/eval/code.py). Defaults are the quick size; eval=full runs all problems."""
-    n_problems: int = 20  # the first N of 164; <= 0 means all
-    max_new_tokens: int = 256
+    n_problems: int = 4  # the first N of 164; <= 0 means all
+    max_new_tokens: int = 256  # canonical solutions run to 220 tokens
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
 
 
 @dataclass
 class JsonSuiteConfig:
     """Schema-constrained JSON answers (harness/eval/json_format.py). Defaults are the quick size."""
-    n_prompts: int = 30  # the first N shipped prompts; <= 0 means all
-    max_new_tokens: int = 256
+    n_prompts: int = 4  # the first N shipped prompts; <= 0 means all
+    max_new_tokens: int = 160  # the expected objects are 36-103 tokens written compactly
 
 
 @dataclass
@@ -85,7 +86,7 @@ class MultilingualConfig:
     """Perplexity + fidelity per language (harness/eval/multilingual.py). Defaults are the quick size."""
     languages: list[str] = field(default_factory=list)  # empty = every shipped language
     seqlen: int = 256
-    max_windows: int = 3  # per language; <= 0 means all
+    max_windows: int = 2  # per language; <= 0 means all
     batch_size: int = 4
 
 
@@ -94,8 +95,8 @@ class LongContextConfig:
     """Perplexity by context length and needle retrieval (harness/eval/long_context.py). Quick size."""
     max_length: int = 1024  # largest bucket (512, 1024, ...); <= 0 means the model's limit
     tail: int = 256  # predicted tokens per target chunk
-    n_targets: int = 4  # scored chunks per bucket (the same chunks in every bucket)
-    needle_depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])  # empty = no needles
+    n_targets: int = 2  # scored chunks per bucket (the same chunks in every bucket)
+    needle_depths: list[float] = field(default_factory=lambda: [0.5])  # empty = no needles
     needle_repeats: int = 1  # needle prompts per (length, depth)
     needle_max_new_tokens: int = 24  # SmolLM2 restates the question before the number; digits are one token each
     needle_batch_size: int = 2

@@ -122,6 +122,9 @@ def compare(a, b, cfg: DecisionConfig) -> Interval:
     if paired is not None:
         return paired
     diff = float(a["value"]) - float(b["value"])
+    if any(_num(r.get("n")) < 2 for r in (a, b)):
+        # one item has no spread: a binomial 0 or 1 would claim a zero standard error
+        return Interval(diff, NAN, NAN, "no standard error (one item)")
     se = math.hypot(_num(a.get("stderr")), _num(b.get("stderr")))
     if math.isnan(se):
         return Interval(diff, NAN, NAN, "no standard error")

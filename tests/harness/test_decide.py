@@ -113,6 +113,16 @@ def test_no_stderr_gives_an_unknown_interval():
     assert not iv.known and not iv.significant and iv.how == "no standard error"
 
 
+def test_one_item_is_never_significant():
+    """A binomial share of one item is 0 or 1 with a zero standard error: 0 vs 1 must not count."""
+    a = pd.Series({"metric": "needle_match", "value": 0.0, "stderr": 0.0, "n": 1})
+    b = pd.Series({"metric": "needle_match", "value": 1.0, "stderr": 0.0, "n": 1})
+    iv = decide.compare(a, b, DecisionConfig())
+    assert iv.diff == -1.0 and not iv.known and not iv.significant and "one item" in iv.how
+    two = decide.compare(a, pd.Series({**b.to_dict(), "n": 2, "stderr": 0.1}), DecisionConfig())
+    assert not two.known  # either side with one item is enough
+
+
 # ---------------------------------------------------------------- picks
 
 def test_recommendations_tie_and_significant(fixture_store):

@@ -8,7 +8,8 @@ from tests.conftest import tiny_model
 
 @pytest.fixture(scope="module")
 def setup(smol_tokenizer):
-    cfg = eval_cfg(**{"tool_calls.n_per_category": 1, "tool_calls.max_new_tokens": 6, "fidelity_top_k": 8})
+    cfg = eval_cfg(**{"tool_calls.categories": ["simple", "multiple", "parallel"], "tool_calls.n_per_category": 1,
+                      "tool_calls.max_new_tokens": 6, "fidelity_top_k": 8})
     s = tc.SUITE.settings(cfg)
     return s, tc.SUITE.prepare(smol_tokenizer, s), tiny_model("llama")
 
