@@ -38,8 +38,11 @@ DEFAULT_JOB := variants=[fp,rtn,awq,gptq]
 run: install
 	$(PY) -m harness $(if $(ARGS),$(ARGS),'$(DEFAULT_JOB)')
 
+# two pytest workers of one thread each: most tests wait on single-threaded work (imports, subprocesses,
+# the sandbox), so two at a time keep both cores busy; TEST_WORKERS=0 runs them in this process
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) tests
 
 # on a CUDA machine: kernels, bench, the embedded model on cuda, export -> serving check, decode (one table)
 gpu-check: install
