@@ -42,7 +42,7 @@ run: install
 # the sandbox), so two at a time keep both cores busy; TEST_WORKERS=0 runs them in this process
 TEST_WORKERS ?= 2
 test: install
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
 
 # on a CUDA machine: kernels, bench, the embedded model on cuda, export -> serving check, decode (one table)
 gpu-check: install

@@ -17,6 +17,8 @@ from harness import store
 from tests.harness.test_sweep import tiny_args
 
 BITS = ["2", "3", "4"]
+# one cluster node: the two sweeps run one after the other, on one pytest-xdist worker (make test: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("slurm")
 # a CPU-only job that fits any node: the preset asks for a GPU, 8 CPUs and 64 GB
 CPU_JOB = ["hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
            "hydra.launcher.timeout_min=10", "hydra.launcher.array_parallelism=1"]
