@@ -123,7 +123,6 @@ class EvalConfig:
     batch_size: int = 4
     gen_batch_size: int = 16  # prompts per greedy-decoding batch (generation suites); finished rows leave it
     fidelity_top_k: int = 64  # FP log-probs cached per answer token for KL to FP (harness/eval/fidelity.py)
-    fidelity_batch_size: int = 4  # (prompt, answer) pairs per teacher-forced forward
     code: CodeSuiteConfig = field(default_factory=CodeSuiteConfig)
     json: JsonSuiteConfig = field(default_factory=JsonSuiteConfig)
     tool_calls: ToolCallsConfig = field(default_factory=ToolCallsConfig)

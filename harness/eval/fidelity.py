@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from harness.errors import HarnessError
-from harness.eval.generation import encode_prompt, positions_kept
+from harness.eval.generation import encode_answer, encode_prompt, positions_kept
 from harness.eval.scoring import check_finite
 
 
@@ -79,10 +79,9 @@ def _encode_pairs(tok, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int]
     out = []
     for prompt, answer in pairs:
         p = encode_prompt(tok, prompt)
-        a = tok(answer, add_special_tokens=False)["input_ids"]
-        if not p or not a:
+        if not p:
             raise HarnessError("fidelity pairs need a non-empty prompt and reference answer")
-        out.append((p + a, len(p)))
+        out.append((p + encode_answer(tok, answer), len(p)))
     return out
 
 
@@ -90,8 +89,9 @@ def _encode_pairs(tok, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int]
 def answer_logprobs(model, tok, pairs: Sequence[tuple[str, str]], batch_size: int, desc: str = "fidelity"):
     """Yield (log-softmax rows [answer_len, vocab], answer token ids [answer_len]) per pair, in order.
 
-    Batches are right-padded: causal attention keeps real positions independent of the padding, and a
-    fixed batching makes the FP and quantized passes see identical shapes.
+    The standalone teacher-forced pass, for pairs that are not also decoded (the generation suites
+    get the same log-probs from their decoding's prompt pass: ``greedy_generate(answers=...)``).
+    Batches are right-padded: causal attention keeps real positions independent of the padding.
     """
     encoded = _encode_pairs(tok, pairs)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -111,21 +111,41 @@ def answer_logprobs(model, tok, pairs: Sequence[tuple[str, str]], batch_size: in
         offset = width - logits.shape[1]  # 0 where the model computes every position
         for i, (row, a0) in enumerate(chunk):
             # logits at position t predict token t+1
-            lp = F.log_softmax(logits[i, a0 - 1 - offset:len(row) - 1 - offset].float(), dim=-1).cpu()
-            check_finite(lp, desc)
-            yield lp, torch.tensor(row[a0:])
+            yield F.log_softmax(logits[i, a0 - 1 - offset:len(row) - 1 - offset].float(), dim=-1).cpu(), torch.tensor(row[a0:])
+
+
+def _nll(lp: torch.Tensor, target: torch.Tensor) -> float:
+    return -lp.gather(-1, target[:, None].long()).mean().item()
+
+
+class FpScores:
+    """The FP model's per-item scores, added in any order (``add`` is an ``AnswerSink``): the top-k
+    log-probs and ids to cache at each answer position, and the answer NLL."""
+
+    def __init__(self, n: int, top_k: int, desc: str = "fidelity FP"):
+        self.top_k, self.desc = top_k, desc
+        self.logprobs: list = [None] * n
+        self.indices: list = [None] * n
+        self.nll: list = [None] * n
+
+    def add(self, i: int, lp: torch.Tensor, target: torch.Tensor) -> None:
+        check_finite(lp, self.desc)
+        vals, ind = lp.topk(min(self.top_k, lp.shape[-1]), dim=-1)
+        self.logprobs[i], self.indices[i], self.nll[i] = vals.clone(), ind.to(torch.int32), _nll(lp, target)
+
+    def result(self, task: str) -> tuple[list[dict], FidelityReference]:
+        """(``answer_nll`` rows for ``task``, the FidelityReference to cache)."""
+        if any(x is None for x in self.nll):
+            raise RuntimeError("FP fidelity: some items were never scored")
+        return [metric_row(task, "answer_nll", self.nll)], FidelityReference(self.logprobs, self.indices, self.top_k)
 
 
 def fp_reference(model, tok, pairs: Sequence[tuple[str, str]], *, task: str, top_k: int, batch_size: int):
     """Score the FP model: returns (``answer_nll`` rows for ``task``, FidelityReference to cache)."""
-    lps, idxs, nll = [], [], []
-    for lp, target in answer_logprobs(model, tok, pairs, batch_size, desc="fidelity FP"):
-        k = min(top_k, lp.shape[-1])
-        vals, ind = lp.topk(k, dim=-1)
-        lps.append(vals.clone())
-        idxs.append(ind.to(torch.int32))
-        nll.append(-lp.gather(-1, target[:, None]).mean().item())
-    return [metric_row(task, "answer_nll", nll)], FidelityReference(lps, idxs, top_k)
+    scores = FpScores(len(pairs), top_k)
+    for i, (lp, target) in enumerate(answer_logprobs(model, tok, pairs, batch_size, desc="fidelity FP")):
+        scores.add(i, lp, target)
+    return scores.result(task)
 
 
 def coarse_kl(p_top: torch.Tensor, p_idx: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
@@ -199,6 +219,32 @@ def token_rows(task: str, values: Sequence[TokenValues]) -> list[dict]:
     return rows + [summary_row(task, "dp_ref_tok_covered", covered, binary=True)]
 
 
+class FidelityScores:
+    """A quantized model's per-item scores against the FP ``reference``, added in any order (``add``
+    is an ``AnswerSink``); ``rows`` as :func:`fidelity_rows` documents."""
+
+    def __init__(self, reference: FidelityReference, n: int, desc: str = "fidelity"):
+        if len(reference.logprobs) != n:
+            raise HarnessError(f"FP fidelity reference has {len(reference.logprobs)} items, the suite has {n}; "
+                               f"delete the FP reference cache and rerun")
+        self.reference, self.desc = reference, desc
+        self.values: list = [None] * n
+        self.nll: list = [None] * n
+
+    def add(self, i: int, lp: torch.Tensor, target: torch.Tensor) -> None:
+        check_finite(lp, self.desc)
+        self.values[i] = token_values(lp, target, self.reference.logprobs[i], self.reference.indices[i])
+        self.nll[i] = _nll(lp, target)
+
+    def rows(self, task: str) -> list[dict]:
+        if any(x is None for x in self.nll):
+            raise RuntimeError("fidelity: some items were never scored")
+        kl = [v.kl.mean().item() for v in self.values]
+        agree = [v.same.double().mean().item() for v in self.values]
+        return [metric_row(task, "answer_nll", self.nll), metric_row(task, "kl_to_fp", kl),
+                metric_row(task, "top1_agree_fp", agree)] + token_rows(task, self.values)
+
+
 def fidelity_rows(model, tok, pairs: Sequence[tuple[str, str]], reference: FidelityReference | None, *,
                   task: str, batch_size: int) -> list[dict]:
     """Rows for ``task``: ``answer_nll`` always; with an FP ``reference`` also ``kl_to_fp`` (mean over
@@ -206,19 +252,10 @@ def fidelity_rows(model, tok, pairs: Sequence[tuple[str, str]], reference: Fidel
     equals FP's), per item, then the per-token statistics of :func:`token_rows`."""
     if reference is None:
         return fp_reference(model, tok, pairs, task=task, top_k=1, batch_size=batch_size)[0]
-    if len(reference.logprobs) != len(pairs):
-        raise HarnessError(f"FP fidelity reference has {len(reference.logprobs)} items, the suite has {len(pairs)}; "
-                           f"delete the FP reference cache and rerun")
-    kl, agree, nll, per_token = [], [], [], []
-    scored = answer_logprobs(model, tok, pairs, batch_size, desc="fidelity")
-    for (lp, target), p_top, p_idx in zip(scored, reference.logprobs, reference.indices):
-        values = token_values(lp, target, p_top, p_idx)
-        kl.append(values.kl.mean().item())
-        agree.append(values.same.double().mean().item())
-        nll.append(-lp.gather(-1, target[:, None]).mean().item())
-        per_token.append(values)
-    return [metric_row(task, "answer_nll", nll), metric_row(task, "kl_to_fp", kl),
-            metric_row(task, "top1_agree_fp", agree)] + token_rows(task, per_token)
+    scores = FidelityScores(reference, len(pairs))
+    for i, (lp, target) in enumerate(answer_logprobs(model, tok, pairs, batch_size, desc="fidelity")):
+        scores.add(i, lp, target)
+    return scores.rows(task)
 
 
 def exact_match_rows(outputs: Sequence[str], fp_outputs: Sequence[str] | None, *, task: str) -> list[dict]:

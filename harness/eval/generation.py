@@ -6,12 +6,16 @@ next token sits in the last column, and each row stops at EOS or at the first st
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import json
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from harness.errors import HarnessError
 
 
 def has_chat_template(tok) -> bool:
@@ -56,16 +60,65 @@ def positions_kept(model, n: int) -> dict:
     return {"logits_to_keep": n} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
 
 
-def decode_kwargs(model, cache) -> dict:
+def decode_kwargs(model, cache, keep: int = 1) -> dict:
     """Cache argument (transformers renamed ``past_key_values`` to ``cache`` during 5.x) and, where the
-    model takes it, ``logits_to_keep=1``: only the last position's logits are needed, which spares the
-    vocabulary projection over the whole prompt at prefill."""
+    model takes it, ``logits_to_keep=keep``: decoding needs only the last position's logits, which
+    spares the vocabulary projection over the whole prompt at prefill."""
     params = inspect.signature(model.forward).parameters
-    return {"cache" if "cache" in params else "past_key_values": cache, **positions_kept(model, 1)}
+    return {"cache" if "cache" in params else "past_key_values": cache, **positions_kept(model, keep)}
+
+
+def encode_answer(tok, answer: str) -> list[int]:
+    """Token ids of a reference answer as it follows its prompt (no special tokens)."""
+    ids = tok(answer, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise HarnessError("fidelity pairs need a non-empty prompt and reference answer")
+    return ids
+
+
+AnswerSink = Callable[[int, torch.Tensor, torch.Tensor], None]  # (prompt index, log-probs [T, vocab], answer ids [T])
+
+# answer positions per teacher-forced forward: bounds the logits held at once to batch × 64 × vocab
+ANSWER_CHUNK = 64
+
+
+def _teacher_force(model, cache, last_logits, mask, positions, answers: list[list[int]], emit) -> None:
+    """Log-softmax of every answer position of each row, scored on a copy of the prompts' cache, so
+    the prompts are not run twice. ``last_logits`` [B, vocab] predict each answer's first token;
+    ``emit(row, logprobs, answer ids)`` is called once per row, as soon as its answer is complete."""
+    cache = copy.deepcopy(cache)  # the prompt cache itself goes on to greedy decoding
+    fed = [len(a) - 1 for a in answers]  # answer tokens fed; the last one only gets predicted
+    width = max(fed)
+    ids = torch.zeros((len(answers), width), dtype=torch.long)
+    answer_mask = torch.zeros_like(ids)
+    for i, a in enumerate(answers):
+        ids[i, :fed[i]] = torch.tensor(a[:-1], dtype=torch.long)
+        answer_mask[i, :fed[i]] = 1
+    ids, answer_mask = ids.to(mask.device), answer_mask.to(mask.device)
+    parts = [[last_logits[i:i + 1].float()] for i in range(len(answers))]
+
+    def finish(i):
+        emit(i, F.log_softmax(torch.cat(parts[i]), dim=-1).cpu(), torch.tensor(answers[i]))
+        parts[i] = None
+
+    for i in (i for i in range(len(answers)) if fed[i] == 0):
+        finish(i)
+    for start in range(0, width, ANSWER_CHUNK):
+        end = min(width, start + ANSWER_CHUNK)
+        # padding sits after each row's answer, so causal attention keeps it out of the real positions
+        logits = model(input_ids=ids[:, start:end], attention_mask=torch.cat([mask, answer_mask[:, :end]], dim=-1),
+                       position_ids=positions[:, -1:] + 1 + torch.arange(start, end, device=mask.device),
+                       use_cache=True, **decode_kwargs(model, cache, keep=end - start)).logits
+        for i in range(len(answers)):
+            if parts[i] is not None and fed[i] > start:
+                parts[i].append(logits[i, :min(fed[i], end) - start].float())
+                if fed[i] <= end:
+                    finish(i)
 
 
 @torch.no_grad()
-def _generate_batch(model, tok, rows: list[list[int]], max_new_tokens: int, stop: Sequence[str]) -> list[str]:
+def _generate_batch(model, tok, rows: list[list[int]], max_new_tokens: int, stop: Sequence[str],
+                    answers: list[list[int]] | None = None, emit=None) -> list[str]:
     from transformers import DynamicCache
 
     eos = tok.eos_token_id
@@ -78,8 +131,10 @@ def _generate_batch(model, tok, rows: list[list[int]], max_new_tokens: int, stop
     cache = DynamicCache(config=model.config)  # filled in place by each forward
     kwargs = decode_kwargs(model, cache)
     step_ids = ids
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
+        if step == 0 and answers is not None:
+            _teacher_force(model, cache, out.logits[:, -1], mask, positions, answers, emit)
         nxt = out.logits[:, -1].float().argmax(-1)
         keep = []
         for b, t in enumerate(nxt.tolist()):
@@ -106,17 +161,28 @@ def _generate_batch(model, tok, rows: list[list[int]], max_new_tokens: int, stop
 
 
 def greedy_generate(model, tok, prompts: list[str], max_new_tokens: int, stop: Sequence[str] = (),
-                    *, batch_size: int, desc: str = "generate") -> list[str]:
+                    *, batch_size: int, desc: str = "generate", answers: Sequence[str] | None = None,
+                    on_answer: AnswerSink | None = None) -> list[str]:
     """Greedy continuations of rendered ``prompts`` (same order), each cut before its first stop string.
 
     Prompts are batched by length (less padding); outputs do not depend on the batch size beyond
-    floating-point noise, which the tests check on a random model.
+    floating-point noise, which the tests check on a random model. With reference ``answers`` (one
+    per prompt), each batch's prompt pass is also used to teacher-force them: ``on_answer(i,
+    logprobs, answer_ids)`` gets the log-softmax at each of answer ``i``'s positions, in batch order.
     """
     encoded = [encode_prompt(tok, p) for p in prompts]
+    targets = None
+    if answers is not None:
+        if len(answers) != len(prompts) or on_answer is None or max_new_tokens < 1:
+            raise ValueError("answers need one per prompt, an on_answer sink and max_new_tokens >= 1")
+        targets = [encode_answer(tok, a) for a in answers]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     outputs: list[str] = [""] * len(prompts)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
         idx = order[start:start + batch_size]
-        for i, text in zip(idx, _generate_batch(model, tok, [encoded[i] for i in idx], max_new_tokens, stop)):
+        batch_answers = None if targets is None else [targets[i] for i in idx]
+        emit = None if targets is None else (lambda b, lp, target, idx=idx: on_answer(idx[b], lp, target))
+        texts = _generate_batch(model, tok, [encoded[i] for i in idx], max_new_tokens, stop, batch_answers, emit)
+        for i, text in zip(idx, texts):
             outputs[i] = text
     return outputs

@@ -1,8 +1,8 @@
 """The flow every generation suite shares: generate → score → fidelity → exact match.
 
 A suite describes its prompts as a :class:`GenerationJob` and supplies a scorer (greedy outputs →
-its own metric rows). :func:`evaluate_generation` then decodes greedily, scores, and adds the
-teacher-forced fidelity rows: on the FP run (``reference`` None) ``answer_nll`` plus the FP state to
+its own metric rows). :func:`evaluate_generation` then decodes greedily (teacher-forcing the
+reference answers on the same prompt pass), scores, and adds the fidelity rows: on the FP run (``reference`` None) ``answer_nll`` plus the FP state to
 cache (the FP top-k log-probabilities and the FP outputs); on a quantized run ``answer_nll``,
 ``kl_to_fp``, ``top1_agree_fp`` and ``exact_match_fp`` against that state.
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from harness.eval import SuiteOutput
-from harness.eval.fidelity import exact_match_rows, fidelity_rows, fp_reference
+from harness.eval.fidelity import FidelityScores, FpScores, exact_match_rows
 from harness.eval.generation import greedy_generate
 from harness.eval.views import GenerationSettings
 
@@ -33,15 +33,16 @@ Scorer = Callable[[list[str]], list[dict]]  # greedy outputs (prompt order) -> t
 def evaluate_generation(model, tok, job: GenerationJob, score: Scorer, s: GenerationSettings, reference=None, *,
                         outputs_key: str = "outputs") -> SuiteOutput:
     """The suite's rows (scorer rows, then fidelity rows, then exact match to FP) and, on the FP run,
-    the reference ``{"fidelity": FidelityReference, outputs_key: outputs}`` to cache."""
+    the reference ``{"fidelity": FidelityReference, outputs_key: outputs}`` to cache. The fidelity
+    log-probs come from the decoding's own prompt pass (``greedy_generate(answers=...)``)."""
+    n = len(job.prompts)
+    scores = FpScores(n, s.fidelity_top_k) if reference is None else FidelityScores(reference["fidelity"], n)
     outputs = greedy_generate(model, tok, job.prompts, job.max_new_tokens, job.stop, batch_size=s.gen_batch_size,
-                              desc=job.desc)
+                              desc=job.desc, answers=job.answers, on_answer=scores.add)
     rows = score(outputs)
-    pairs = list(zip(job.prompts, job.answers))
-    kw = dict(task=job.task, batch_size=s.fidelity_batch_size)
     if reference is None:
-        fid_rows, fid_ref = fp_reference(model, tok, pairs, top_k=s.fidelity_top_k, **kw)
+        fid_rows, fid_ref = scores.result(job.task)
         return SuiteOutput(rows + fid_rows, reference={"fidelity": fid_ref, outputs_key: outputs})
-    rows += fidelity_rows(model, tok, pairs, reference["fidelity"], **kw)
+    rows += scores.rows(job.task)
     rows += exact_match_rows(outputs, reference[outputs_key], task=job.task)
     return SuiteOutput(rows)

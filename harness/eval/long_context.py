@@ -186,7 +186,7 @@ class LongContextSuite:
             return SuiteOutput(rows)
         job = GenerationJob("needle", [n.prompt for n in needles], [n.value for n in needles],
                             s.needle_max_new_tokens, desc="needles")
-        gen = GenerationSettings(s.needle_batch_size, s.fidelity_top_k, s.needle_batch_size)
+        gen = GenerationSettings(s.needle_batch_size, s.fidelity_top_k)
         out = evaluate_generation(model, tok, job, lambda answers: needle_rows(needles, answers), gen, reference,
                                   outputs_key="answers")
         return SuiteOutput(rows + out.rows, reference=out.reference)

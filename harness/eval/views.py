@@ -27,9 +27,8 @@ def view(cls, node, **given):
 @dataclass
 class GenerationSettings:
     """Shared by the generation suites: greedy decoding, then teacher-forced fidelity to FP."""
-    gen_batch_size: int  # prompts per greedy-decoding batch
+    gen_batch_size: int  # prompts per greedy-decoding batch (their answers are teacher-forced in the same batch)
     fidelity_top_k: int  # FP log-probs cached per answer token
-    fidelity_batch_size: int  # (prompt, answer) pairs per teacher-forced forward
 
 
 def generation_settings(cfg) -> GenerationSettings:

@@ -23,7 +23,7 @@ SUITES = {
 @pytest.mark.parametrize("suite", list(SUITES))
 def test_fp_self_and_perturbed(suite, smol_tokenizer):
     module, overrides, task, scores = SUITES[suite]
-    cfg = eval_cfg(**overrides, fidelity_top_k=8, gen_batch_size=2, fidelity_batch_size=2)
+    cfg = eval_cfg(**overrides, fidelity_top_k=8, gen_batch_size=2)
     s = module.SUITE.settings(cfg)
     data = module.SUITE.prepare(smol_tokenizer, s)
     model = tiny_model("llama")

@@ -88,3 +88,25 @@ def test_rows_that_stop_early_leave_the_others_unchanged(arch, smol_tokenizer):
     many = greedy_generate(model, smol_tokenizer, prompts, 20, stop=stop, batch_size=4)
     assert many == one
     assert len(one[0]) < len(free[0]) and any(o == f and len(o) > 5 for o, f in zip(one[1:], free[1:]))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
+def test_answers_scored_on_the_prompt_pass_match_the_standalone_teacher_forcing(arch, smol_tokenizer, monkeypatch):
+    from harness.eval import generation
+    from harness.eval.fidelity import answer_logprobs
+
+    # a small chunk makes the long answer span several teacher-forced forwards; the gemma3 prompts run
+    # past its 64-token sliding window, so the copied cache must roll that window too
+    monkeypatch.setattr(generation, "ANSWER_CHUNK", 5)
+    model = tiny_model(arch, seed=3)
+    prompts = rendered(smol_tokenizer)
+    answers = ["Paris.", "def add(a, b):\n    return a + b\n" * 3, "x", "Red, green and blue, said twice: red, green, blue."]
+    got = {}
+    out = greedy_generate(model, smol_tokenizer, prompts, 6, batch_size=3, answers=answers,
+                          on_answer=lambda i, lp, target: got.setdefault(i, (lp, target)))
+    assert out == greedy_generate(model, smol_tokenizer, prompts, 6, batch_size=3)
+    assert sorted(got) == [0, 1, 2, 3]
+    for i, (lp, target) in enumerate(answer_logprobs(model, smol_tokenizer, list(zip(prompts, answers)), batch_size=2)):
+        assert torch.equal(got[i][1], target) and got[i][0].shape == lp.shape
+        torch.testing.assert_close(got[i][0], lp, atol=2e-4, rtol=0)
+    assert len(got[1][1]) > 2 * 5 and len(got[2][1]) == 1

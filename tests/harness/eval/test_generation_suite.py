@@ -9,7 +9,7 @@ from tests.conftest import tiny_model
 from tests.harness.eval.suite_helpers import by_metric, perturbed
 
 QUESTIONS = ["Name a colour.", "What is two plus two?", "Say hello."]
-SETTINGS = GenerationSettings(gen_batch_size=2, fidelity_top_k=8, fidelity_batch_size=2)
+SETTINGS = GenerationSettings(gen_batch_size=2, fidelity_top_k=8)
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,11 @@ def test_unknown_suite_names_the_choices():
 
 def test_settings_read_the_suite_node_and_the_shared_fields():
     cfg = eval_cfg(seed=7, **{"code.n_problems": 3, "code.sandbox.wall_seconds": 2.5, "gen_batch_size": 5,
-                              "fidelity_top_k": 9, "fidelity_batch_size": 3, "tool_calls.categories": ["simple"],
+                              "fidelity_top_k": 9, "tool_calls.categories": ["simple"],
                               "long_context.needle_depths": [0.5], "seqlen": 32, "texts": ["a.txt"]})
     s = suites.settings("code", cfg)
     assert (s.n_problems, s.max_new_tokens, s.sandbox.wall_seconds) == (3, cfg.eval.code.max_new_tokens, 2.5)
-    assert s.generation == views.GenerationSettings(5, 9, 3)
+    assert s.generation == views.GenerationSettings(5, 9)
     t = tool_calls.SUITE.settings(cfg)
     assert t.categories == ["simple"] and type(t.categories) is list and t.seed == 7
     lc = long_context.SUITE.settings(cfg)
