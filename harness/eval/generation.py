@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from harness.errors import HarnessError
+from harness.eval.kv_cache import decoding_cache
 
 
 def has_chat_template(tok) -> bool:
@@ -119,8 +120,6 @@ def _teacher_force(model, cache, last_logits, mask, positions, answers: list[lis
 @torch.no_grad()
 def _generate_batch(model, tok, rows: list[list[int]], max_new_tokens: int, stop: Sequence[str],
                     answers: list[list[int]] | None = None, emit=None) -> list[str]:
-    from transformers import DynamicCache
-
     eos = tok.eos_token_id
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos
     ids, mask = _left_pad(rows, pad)
@@ -128,7 +127,7 @@ def _generate_batch(model, tok, rows: list[list[int]], max_new_tokens: int, stop
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     new = [[] for _ in rows]
     live = list(range(len(rows)))  # which input row each batch row still decoding is
-    cache = DynamicCache(config=model.config)  # filled in place by each forward
+    cache = decoding_cache(model)  # filled in place by each forward
     kwargs = decode_kwargs(model, cache)
     step_ids = ids
     for step in range(max_new_tokens):
