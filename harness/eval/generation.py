@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from harness.errors import HarnessError
+from harness.eval.decode_linear import few_row_linears
 from harness.eval.kv_cache import decoding_cache
 
 
@@ -177,11 +178,12 @@ def greedy_generate(model, tok, prompts: list[str], max_new_tokens: int, stop: S
         targets = [encode_answer(tok, a) for a in answers]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     outputs: list[str] = [""] * len(prompts)
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
-        idx = order[start:start + batch_size]
-        batch_answers = None if targets is None else [targets[i] for i in idx]
-        emit = None if targets is None else (lambda b, lp, target, idx=idx: on_answer(idx[b], lp, target))
-        texts = _generate_batch(model, tok, [encoded[i] for i in idx], max_new_tokens, stop, batch_answers, emit)
-        for i, text in zip(idx, texts):
-            outputs[i] = text
+    with few_row_linears(model):
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
+            idx = order[start:start + batch_size]
+            batch_answers = None if targets is None else [targets[i] for i in idx]
+            emit = None if targets is None else (lambda b, lp, target, idx=idx: on_answer(idx[b], lp, target))
+            texts = _generate_batch(model, tok, [encoded[i] for i in idx], max_new_tokens, stop, batch_answers, emit)
+            for i, text in zip(idx, texts):
+                outputs[i] = text
     return outputs
