@@ -35,7 +35,7 @@ class SanityResult:
     fp_ppl: float
 
     def summary(self) -> str:
-        return (f"sanity: ppl {self.ppl:.2f} on {self.windows} windows of {self.task} "
+        return (f"sanity: ppl {self.ppl:.2f} on {self.windows} window{'s' if self.windows != 1 else ''} of {self.task} "
                 f"(FP {self.fp_ppl:.2f}; limit {self.bound:.2f})")
 
 
