@@ -80,15 +80,27 @@ def encode_answer(tok, answer: str) -> list[int]:
 
 AnswerSink = Callable[[int, torch.Tensor, torch.Tensor], None]  # (prompt index, log-probs [T, vocab], answer ids [T])
 
-# answer positions per teacher-forced forward: bounds the logits held at once to batch × 64 × vocab
+# answer positions per teacher-forced forward, and rows teacher-forced together: the logits held at
+# once stay near 4 rows × (longest answer) × vocab, as in a standalone fidelity pass
 ANSWER_CHUNK = 64
+FORCED_ROWS = 4
 
 
 def _teacher_force(model, cache, last_logits, mask, positions, answers: list[list[int]], emit) -> None:
-    """Log-softmax of every answer position of each row, scored on a copy of the prompts' cache, so
+    """Log-softmax of every answer position of each row, scored on copies of the prompts' cache, so
     the prompts are not run twice. ``last_logits`` [B, vocab] predict each answer's first token;
     ``emit(row, logprobs, answer ids)`` is called once per row, as soon as its answer is complete."""
-    cache = copy.deepcopy(cache)  # the prompt cache itself goes on to greedy decoding
+    for first in range(0, len(answers), FORCED_ROWS):
+        rows = list(range(first, min(first + FORCED_ROWS, len(answers))))
+        sel = torch.tensor(rows, device=mask.device)
+        sub = copy.deepcopy(cache)  # the prompt cache itself goes on to greedy decoding
+        if len(rows) < len(answers):
+            sub.reorder_cache(sel)
+        _force_rows(model, sub, last_logits[sel], mask[sel], positions[sel], [answers[r] for r in rows],
+                    lambda i, lp, target, rows=rows: emit(rows[i], lp, target))
+
+
+def _force_rows(model, cache, last_logits, mask, positions, answers: list[list[int]], emit) -> None:
     fed = [len(a) - 1 for a in answers]  # answer tokens fed; the last one only gets predicted
     width = max(fed)
     ids = torch.zeros((len(answers), width), dtype=torch.long)

@@ -95,9 +95,11 @@ def test_answers_scored_on_the_prompt_pass_match_the_standalone_teacher_forcing(
     from harness.eval import generation
     from harness.eval.fidelity import answer_logprobs
 
-    # a small chunk makes the long answer span several teacher-forced forwards; the gemma3 prompts run
+    # a small chunk makes the long answer span several teacher-forced forwards, and the rows of one
+    # batch are forced in two groups; the gemma3 prompts run
     # past its 64-token sliding window, so the copied cache must roll that window too
     monkeypatch.setattr(generation, "ANSWER_CHUNK", 5)
+    monkeypatch.setattr(generation, "FORCED_ROWS", 2)  # a batch of 3 is forced as rows [0, 1] and [2]
     model = tiny_model(arch, seed=3, num_hidden_layers=6)  # gemma3: sliding and global layers
     prompts = rendered(smol_tokenizer)
     answers = ["Paris.", "def add(a, b):\n    return a + b\n" * 3, "x", "Red, green and blue, said twice: red, green, blue."]
