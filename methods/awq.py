@@ -57,9 +57,11 @@ class AWQConfig(MethodConfig):
 _CHUNK_ELEMENTS = 1 << 26  # bound the batched candidate tensors (~256 MB in fp32)
 
 
-def proxy_loss(E: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
-    """Σ over rows of e G eᵀ for E [..., out, in]: the output MSE (times tokens) of a weight error."""
-    return ((E @ gram) * E).sum(dim=(-1, -2))
+def proxy_loss(E: torch.Tensor, gram: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Σ over rows of e G eᵀ for E [..., out, in]: the output MSE (times tokens) of a weight error.
+    ``out`` (E's shape and dtype): scratch space for E @ G, reused across calls."""
+    EG = torch.matmul(E, gram) if out is None else torch.matmul(E, gram, out=out)
+    return EG.mul_(E).sum(dim=(-1, -2))
 
 
 def candidate_scales(x_mean: torch.Tensor, n_grid: int, w_mean: torch.Tensor | None = None) -> torch.Tensor:
@@ -89,12 +91,16 @@ def search_scale(weight: torch.Tensor, stats: InputStats, spec: QuantSpec, n_gri
         losses = torch.tensor([score(fake_quantize(W * s, spec) / s) for s in scales])
         best = int(torch.argmin(losses))
         return scales[best], best, losses
-    chunk = max(1, _CHUNK_ELEMENTS // W.numel())
+    chunk = min(n_grid, max(1, _CHUNK_ELEMENTS // W.numel()))
+    # two buffers for all chunks, every step in place: fresh ones cost more in page faults than in arithmetic
+    E, EG = torch.empty(chunk, *W.shape), torch.empty(chunk, *W.shape)
     losses = []
     for c in range(0, n_grid, chunk):
         s = scales[c : c + chunk].unsqueeze(1)  # [k, 1, in]
-        E = W - fake_quantize(W * s, spec) / s
-        losses.append(proxy_loss(E, stats.gram))
+        e = torch.mul(W, s, out=E[: len(s)])
+        fake_quantize(e, spec, inplace=True)
+        e.div_(s).sub_(W)  # the error's negative: the proxy is quadratic
+        losses.append(proxy_loss(e, stats.gram, out=EG[: len(s)]))
     losses = torch.cat(losses)
     best = int(torch.argmin(losses))
     return scales[best], best, losses
@@ -111,10 +117,12 @@ def search_clip(weight: torch.Tensor, stats: InputStats, spec: QuantSpec, max_sh
     absmax = group_absmax(W, spec)
     best_err = torch.full((out_f, ng), float("inf"), device=W.device)
     best_clip = absmax.clone()
+    E = torch.empty(W.shape)
     for i in range(max(1, int(max_shrink * n_grid))):
         clip = absmax * (1 - i / n_grid)
-        E = (fake_quantize(W, spec, clip) - W).view(out_f, ng, g)
-        err = torch.einsum("ong,ngh,onh->on", E, blocks, E)
+        fake_quantize(E.copy_(W), spec, clip, inplace=True).sub_(W)
+        Eg = E.view(out_f, ng, g)
+        err = torch.einsum("ong,ngh,onh->on", Eg, blocks, Eg)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best_clip = torch.where(better, clip, best_clip)

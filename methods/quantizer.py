@@ -97,14 +97,17 @@ def compute_qparams(w: torch.Tensor, spec: QuantSpec, clip: torch.Tensor | None 
 
 
 def codes_for(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec,
-              fractional: bool = False) -> torch.Tensor:
+              fractional: bool = False, inplace: bool = False) -> torch.Tensor:
     """Elementwise rounding with broadcast ``scale``/``zero`` (float codes in ``[0, maxq]``).
     The single rounding rule: group-wise quantize, fake_quantize and GPTQ's column loop all use it.
     ``fractional``: ``zero`` may be fractional, so the shifted value is rounded (for integer zeros
-    both forms give the same codes; the default keeps GPTQ's per-column hot path free of checks)."""
+    both forms give the same codes; the default keeps GPTQ's per-column hot path free of checks).
+    ``inplace``: overwrite the float tensor ``x`` with its codes instead of allocating (AWQ's
+    searches run this on hundreds of MB at a time; fresh buffers cost page faults)."""
+    q = x.div_(scale) if inplace else x / scale
     if fractional:
-        return torch.round(x / scale + zero).clamp_(0, spec.maxq)
-    return (torch.round(x / scale) + zero).clamp_(0, spec.maxq)
+        return q.add_(zero).round_().clamp_(0, spec.maxq)
+    return q.round_().add_(zero).clamp_(0, spec.maxq)
 
 
 def integral(zero: torch.Tensor) -> bool:
@@ -123,12 +126,16 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: Q
     return ((qg - zero.unsqueeze(-1)) * scale.unsqueeze(-1)).reshape(q.shape)
 
 
-def fake_quantize(w: torch.Tensor, spec: QuantSpec, clip: torch.Tensor | None = None) -> torch.Tensor:
-    """quantize→dequantize in one pass, returned in ``w``'s dtype."""
+def fake_quantize(w: torch.Tensor, spec: QuantSpec, clip: torch.Tensor | None = None,
+                  inplace: bool = False) -> torch.Tensor:
+    """quantize→dequantize in one pass, returned in ``w``'s dtype; ``inplace`` overwrites ``w``
+    (contiguous fp32) with the result instead."""
+    if inplace and (w.dtype != torch.float32 or not w.is_contiguous()):
+        raise ValueError("fake_quantize(inplace=True) needs a contiguous float32 tensor")
     scale, zero = compute_qparams(w, spec, clip)
     s, z = scale.unsqueeze(-1), zero.unsqueeze(-1)
-    q = codes_for(_grouped(w.float(), spec), s, z, spec)
-    return ((q - z) * s).reshape(w.shape).to(w.dtype)
+    q = codes_for(_grouped(w.float(), spec), s, z, spec, inplace=inplace)
+    return q.sub_(z).mul_(s).reshape(w.shape).to(w.dtype)
 
 
 @dataclass

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from methods.capture import InputStats, LayerwiseRunner, layer_linears
+from methods.capture import GRAM_BLOCKS, InputStats, LayerwiseRunner, layer_linears
 from methods.mappings import mapping_for
 from tests.conftest import tiny_model
 from tests.methods.helpers import random_calib
@@ -68,6 +68,21 @@ def test_input_stats_accumulate_over_calls():
     assert st.tokens == 17
     torch.testing.assert_close(st.gram, x.T @ x)
     torch.testing.assert_close(st.mean_abs, x.abs().mean(0))
+
+
+def test_blocked_gram_is_the_full_symmetric_product_and_in_place_changes_stick():
+    gen = torch.Generator().manual_seed(1)
+    width = 64 * GRAM_BLOCKS + 13  # wide enough for the blocked path, blocks of unequal width
+    xs = [torch.randn(40, width, generator=gen) for _ in range(3)]
+    st = InputStats.empty(width)
+    st.add(xs[0])
+    torch.testing.assert_close(st.gram, xs[0].T @ xs[0], rtol=1e-5, atol=1e-4)
+    st.gram.mul_(2.0)  # a read returns the stored tensor: the change is kept
+    st.add(xs[1])
+    st.add(xs[2])
+    expect = 2 * xs[0].T @ xs[0] + xs[1].T @ xs[1] + xs[2].T @ xs[2]
+    torch.testing.assert_close(st.gram, expect, rtol=1e-5, atol=1e-4)
+    assert torch.equal(st.gram, st.gram.T)
 
 
 def test_the_model_is_left_intact_after_recording():

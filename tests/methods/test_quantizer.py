@@ -65,6 +65,18 @@ def test_batched_leading_dims_match_one_at_a_time():
         assert torch.equal(batched[i], fake_quantize(w[i], spec))
 
 
+@pytest.mark.parametrize("spec", [QuantSpec(4, 32), QuantSpec(3, 16, True)], ids=str)
+def test_in_place_fake_quantize_gives_the_same_values(spec):
+    w = torch.randn(3, 8, 64, generator=torch.Generator().manual_seed(2))
+    clip = compute_qparams(w, spec)[0] * 5  # a clip that binds in some groups
+    expect = fake_quantize(w, spec, clip)
+    buf = w.clone()
+    assert fake_quantize(buf, spec, clip, inplace=True).data_ptr() == buf.data_ptr()
+    assert torch.equal(buf, expect)
+    with pytest.raises(ValueError, match="contiguous float32"):
+        fake_quantize(w.transpose(1, 2).contiguous().transpose(1, 2), spec, inplace=True)
+
+
 def test_clip_shrinks_range():
     w = torch.randn(4, 64)
     spec = QuantSpec(4, 64)
