@@ -100,6 +100,10 @@ def layer_output(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+class _Collected(Exception):
+    """Raised by the statistics hooks once every input of a layer is recorded (the forward pass stops)."""
+
+
 @dataclass
 class LayerwiseRunner:
     model: nn.Module
@@ -137,9 +141,11 @@ class LayerwiseRunner:
     def collect_stats(self, index: int, linears: dict[str, nn.Linear], mapping: ArchMapping,
                       also_advance: bool = False) -> dict[str, InputStats]:
         """Input statistics of each Linear of layer ``index`` (shared inputs computed once).
-        With ``also_advance`` the same forward pass also moves the hidden states to the next layer."""
+        With ``also_advance`` the same forward pass also moves the hidden states to the next layer;
+        without it the pass stops at the last input set's first call (its Linear and what follows
+        never run), so a Linear called twice in one layer pass would be counted once."""
         stats: dict[str, InputStats] = {}
-        hooks = []
+        firsts = []
         for name, lin in linears.items():
             shared = [n for n in mapping.input_set_of(name) if n in linears]
             if shared[0] != name:
@@ -147,10 +153,25 @@ class LayerwiseRunner:
             st = InputStats.empty(lin.in_features)
             for n in shared:
                 stats[n] = st
-            hooks.append(lin.register_forward_hook(lambda m, args, out, st=st: st.add(args[0])))
+            firsts.append((lin, st))
+        seen: set[int] = set()
+
+        def collect(module, args, st):
+            st.add(args[0])
+            seen.add(id(st))
+            if not also_advance and len(seen) == len(firsts):
+                raise _Collected  # nothing after the last input is needed: skip the rest of the layer
+
+        hooks = [lin.register_forward_pre_hook(lambda m, args, st=st: collect(m, args, st)) for lin, st in firsts]
+        outs = []
         try:
             with onload.held(self.layers[index], write=False):  # one materialisation for all batches
-                outs = [self._forward(index, b) for b in range(len(self.hidden))]
+                for b in range(len(self.hidden)):
+                    seen.clear()
+                    try:
+                        outs.append(self._forward(index, b))
+                    except _Collected:
+                        pass
         finally:
             for h in hooks:
                 h.remove()

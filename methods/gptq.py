@@ -15,6 +15,7 @@ Layers are processed sequentially, each fed by its already-quantized predecessor
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -49,6 +50,14 @@ def _block_size(requested: int, group: int) -> int:
     if group <= requested:
         return requested // group * group
     return requested if group % requested == 0 else group
+
+
+def _sub_block(block: int, group: int, widest: int = 32) -> int:
+    """Columns whose rank-1 updates stay inside their sub-block; one product then applies them to the
+    rest of the block (two-level lazy updates: fewer, larger tensor ops). The sub-block divides the
+    group or the group divides it, so a group's parameters still come from fully updated columns."""
+    sub = math.gcd(widest, group)
+    return sub if sub >= 8 and block % sub == 0 else block
 
 
 def column_order(diag: torch.Tensor, mode: str, group: int) -> torch.Tensor:
@@ -100,44 +109,52 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec, 
         H += 0.1 * torch.mean(torch.diag(H)) * torch.eye(in_f, device=H.device)
         Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
 
-    codes = torch.zeros_like(W)
+    # The loop walks input columns: it works on the transpose, so that each column is one contiguous
+    # row (strided column access made every per-column op touch one cache line per output row).
+    WT = W.t().contiguous()  # [in, out]
+    codes = torch.zeros_like(WT)
     n_groups = in_f // g
-    scale = torch.zeros(out_f, n_groups, device=W.device)
-    zero = torch.zeros(out_f, n_groups, device=W.device)
+    scale = torch.zeros(n_groups, out_f, device=W.device)
+    zero = torch.zeros(n_groups, out_f, device=W.device)
+    if static:
+        scale_rows, zero_rows = scale_all.t().contiguous(), zero_all.t().contiguous()
     loss = torch.zeros(out_f, device=W.device)
     group_of = (perm // g).tolist()  # python ints: no device sync per column
     per_row = QuantSpec(spec.bits, PER_CHANNEL, spec.symmetric)
     B = _block_size(block_size, g)
+    sub = _sub_block(B, g)
     for i1 in range(0, in_f, B):
         i2 = min(i1 + B, in_f)
-        W1 = W[:, i1:i2].clone()
+        W1 = WT[i1:i2].clone()
         Err1 = torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
         for i, d in enumerate(Hinv1.diagonal().tolist()):
             col = i1 + i
+            j2 = min((i // sub + 1) * sub, i2 - i1)  # end of the sub-block holding column i
             grp = group_of[col]
             if static:
-                s, z = scale_all[:, grp], zero_all[:, grp]
+                s, z = scale_rows[grp], zero_rows[grp]
             else:
                 if col % g == 0:  # start of a group: parameters from the updated weights
-                    seg = torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, :g]
+                    seg = torch.cat([W1[i:], WT[i2:]])[:g].t()
                     ratio = None if clip_ratio is None else clip_ratio[:, grp:grp + 1]
                     sg, zg = compute_qparams(seg, per_row, _clip(seg, per_row, ratio))
-                    scale[:, grp], zero[:, grp] = sg[:, 0], zg[:, 0]
-                s, z = scale[:, grp], zero[:, grp]
-            w = W1[:, i]
+                    scale[grp], zero[grp] = sg[:, 0], zg[:, 0]
+                s, z = scale[grp], zero[grp]
+            w = W1[i]
             q = codes_for(w, s, z, spec)
-            codes[:, col] = q
+            codes[col] = q
             err = (w - (q - z) * s) / d
-            W1[:, i + 1:].addr_(err, Hinv1[i, i + 1:], alpha=-1)
-            Err1[:, i] = err
-        loss += Err1.pow(2).sum(dim=1) / 2  # (w - q)² / d² / 2 per column
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+            W1[i + 1:j2].addr_(Hinv1[i, i + 1:j2], err, alpha=-1)
+            Err1[i] = err
+            if i + 1 == j2 and j2 < i2 - i1:  # the sub-block's errors reach the rest of the block at once
+                j1 = j2 - sub
+                W1[j2:].addmm_(Hinv1[j1:j2, j2:].t(), Err1[j1:j2], alpha=-1)
+        loss += Err1.pow(2).sum(dim=0) / 2  # (w - q)² / d² / 2 per column
+        WT[i2:] -= Hinv[i1:i2, i2:].t() @ Err1
 
-    inv = torch.argsort(perm)
-    codes = codes[:, inv]
-    if static:
-        scale, zero = scale_all, zero_all
+    codes = codes[torch.argsort(perm)].t()
+    scale, zero = (scale_all, zero_all) if static else (scale.t().contiguous(), zero.t().contiguous())
     return QuantizedWeight(codes.to(torch.uint8), scale, zero, spec), float(loss.sum())
 
 

@@ -58,6 +58,32 @@ def test_collect_stats_matches_hooked_inputs_and_shares_stats_within_an_input_se
     torch.testing.assert_close(torch.cat(runner.hidden), torch.cat(expect))
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_statistics_without_advancing_stop_the_layer_early_and_match(arch):
+    """Without ``also_advance`` the pass stops once the last input set is recorded (GPTQ's statistics
+    pass never needs the layer's output): same statistics, hidden states untouched, and the rest of
+    the layer (the last Linear at least) never runs."""
+    model = _model(arch)
+    mapping = mapping_for(model)
+    calib = random_calib(n=3, seqlen=16)
+    runner = LayerwiseRunner(model, mapping, calib.input_ids, batch_size=2)
+    layer = runner.layers[0]
+    last = list(layer_linears(layer).values())[-1]
+    calls = []
+    hook = last.register_forward_hook(lambda m, a, o: calls.append(1))
+    hidden_before = [h.clone() for h in runner.hidden]
+    early = runner.collect_stats(0, layer_linears(layer), mapping)
+    assert not calls
+    assert all(torch.equal(a, b) for a, b in zip(runner.hidden, hidden_before))
+    full = runner.collect_stats(0, layer_linears(layer), mapping, also_advance=True)
+    hook.remove()
+    assert len(calls) == 2  # two batches
+    assert early.keys() == full.keys()
+    for name in early:
+        assert early[name].tokens == full[name].tokens == 3 * 16
+        assert torch.equal(early[name].gram, full[name].gram)
+
+
 def test_input_stats_accumulate_over_calls():
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randn(2, 5, 8, generator=gen), torch.randn(7, 8, generator=gen)
