@@ -25,7 +25,7 @@ from harness.errors import HarnessError
 from harness.exporting import export_quantized
 from harness.plan import Variant, variant_config
 from harness.reference import evaluate_reference
-from methods import onload
+from methods import capture, onload
 from methods.quantizer import QuantSpecError
 
 REFERENCE_COLUMNS = {"bits": 16, "group_size": -1, "calib": "none", "calib_samples": 0, "calib_seqlen": 0}
@@ -121,8 +121,9 @@ class Session:
         """The variant's method on pristine weights, with its calibration windows when it reads any."""
         self.restore()
         calib = calib_mod.load(v.calib, self.tok) if v.entry.calibrated else None
-        try:
-            result = v.entry.method.quantize(self.model, calib, v.method)
+        try:  # calibration passes in the compute dtype, quantization arithmetic on the fp32 master weights
+            with capture.forward_dtype(models.COMPUTE_DTYPES[self.compute_dtype]):
+                result = v.entry.method.quantize(self.model, calib, v.method)
         except (QuantSpecError, methods.MethodError) as e:  # e.g. an architecture without a layer mapping
             raise HarnessError(f"method={v.name}: {e}") from None
         if not v.entry.reference:

@@ -9,6 +9,8 @@ about one layer's activations.
 from __future__ import annotations
 
 import operator
+from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import torch
@@ -16,6 +18,29 @@ from torch import nn
 
 from methods import onload
 from methods.mappings import ArchMapping
+
+
+_FORWARD_DTYPE: ContextVar[torch.dtype | None] = ContextVar("calibration_forward_dtype", default=None)
+
+
+@contextmanager
+def forward_dtype(dtype: torch.dtype | None):
+    """While active, the layer-by-layer calibration passes run under autocast to ``dtype`` (the
+    compute dtype: bf16 matmuls are several times faster where the hardware has them). The model
+    keeps its fp32 master weights for the quantization arithmetic, and the statistics accumulate in
+    fp32. ``None`` or fp32: plain fp32 passes."""
+    token = _FORWARD_DTYPE.set(dtype)
+    try:
+        yield
+    finally:
+        _FORWARD_DTYPE.reset(token)
+
+
+def _in_forward_dtype(device: torch.device):
+    dtype = _FORWARD_DTYPE.get()
+    if dtype is None or dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 class _Recorder(nn.Module):
@@ -125,8 +150,9 @@ class LayerwiseRunner:
         try:
             for i, r in enumerate(recorders):
                 self.layers[i] = r
-            for b in range(0, len(self.input_ids), self.batch_size):
-                base(input_ids=self.input_ids[b : b + self.batch_size].to(self.device), use_cache=False)
+            with _in_forward_dtype(self.device):
+                for b in range(0, len(self.input_ids), self.batch_size):
+                    base(input_ids=self.input_ids[b : b + self.batch_size].to(self.device), use_cache=False)
         finally:
             for i, layer in enumerate(originals):
                 self.layers[i] = layer
@@ -185,4 +211,5 @@ class LayerwiseRunner:
             self.hidden = [self._forward(index, b) for b in range(len(self.hidden))]
 
     def _forward(self, index: int, batch: int) -> torch.Tensor:
-        return layer_output(self.layers[index](self.hidden[batch], **self.kwargs[index][batch]))
+        with _in_forward_dtype(self.device):
+            return layer_output(self.layers[index](self.hidden[batch], **self.kwargs[index][batch]))

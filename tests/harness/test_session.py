@@ -8,6 +8,7 @@ from harness import plan as plan_mod
 from harness import session as session_mod
 from harness.config import register_configs
 from harness.data import EVAL_DIR
+from methods import capture
 
 
 def compose_cfg(*overrides):
@@ -27,6 +28,7 @@ def test_restore_brings_back_the_exact_original_weights(tmp_path, tiny_llama_dir
     variants = [plan_mod.Variant(plan_mod.method_config("awq"), cfg.calib),
                 plan_mod.Variant(plan_mod.method_config("rtn", {"quantize_lm_head": True}), cfg.calib)]
     session = session_mod.Session.open(cfg, variants)
+    session.restore()  # the master weights (open left the model in the compute dtype, bf16 on a bf16 CPU)
     before = models.fingerprint(session.model)
     for v in variants:  # AWQ moves norms and Linears; an RTN head unties it from the embeddings
         session.quantize(v)
@@ -47,11 +49,13 @@ def test_bf16_compute_evaluates_in_bf16_and_quantizes_fp32_master_weights(tmp_pa
     method = v.entry.method
     real = method.quantize
     try:
-        method.quantize = lambda model, calib, mcfg: seen.append({p.dtype for p in model.parameters()}) or real(model, calib, mcfg)
+        method.quantize = lambda model, calib, mcfg: seen.append(({p.dtype for p in model.parameters()},
+                                                                   capture._FORWARD_DTYPE.get())) or real(model, calib, mcfg)
         out = session.run_variant(v, "run")
     finally:
         method.quantize = real
-    assert seen == [{torch.float32}]  # methods see master weights
+    assert seen == [({torch.float32}, torch.bfloat16)]  # master weights, calibration passes in the compute dtype
+    assert capture._FORWARD_DTYPE.get() is None
     assert {p.dtype for p in session.model.parameters()} == {torch.bfloat16}
     assert (out.rows.compute_dtype == "bf16").all()
     session.restore()  # back to master weights: computed buffers (rotary tables) never passed through bf16

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from methods.capture import GRAM_BLOCKS, InputStats, LayerwiseRunner, layer_linears
+from methods.capture import GRAM_BLOCKS, InputStats, LayerwiseRunner, forward_dtype, layer_linears
 from methods.mappings import mapping_for
 from tests.conftest import tiny_model
 from tests.methods.helpers import random_calib
@@ -82,6 +82,29 @@ def test_statistics_without_advancing_stop_the_layer_early_and_match(arch):
     for name in early:
         assert early[name].tokens == full[name].tokens == 3 * 16
         assert torch.equal(early[name].gram, full[name].gram)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
+def test_calibration_passes_run_in_the_forward_dtype_on_fp32_master_weights(arch):
+    model = _model(arch)
+    mapping = mapping_for(model)
+    calib = random_calib(n=3, seqlen=16)
+    masters = {k: v.clone() for k, v in model.state_dict().items()}
+    runner32 = LayerwiseRunner(model, mapping, calib.input_ids, batch_size=2)
+    ref = runner32.collect_stats(0, layer_linears(runner32.layers[0]), mapping, also_advance=True)
+    out_dtypes = []
+    hook = runner32.layers[0].mlp.down_proj.register_forward_hook(lambda m, a, o: out_dtypes.append(o.dtype))
+    with forward_dtype(torch.bfloat16):
+        runner = LayerwiseRunner(model, mapping, calib.input_ids, batch_size=2)
+        stats = runner.collect_stats(0, layer_linears(runner.layers[0]), mapping, also_advance=True)
+    runner.collect_stats(0, layer_linears(runner.layers[0]), mapping)  # outside: fp32 again
+    hook.remove()
+    assert out_dtypes[:2] == [torch.bfloat16] * 2 and out_dtypes[2:] == []  # the early stop skips down_proj
+    assert all(torch.equal(v, masters[k]) and v.dtype == masters[k].dtype for k, v in model.state_dict().items())
+    for name in stats:
+        assert stats[name].gram.dtype == torch.float32
+        torch.testing.assert_close(stats[name].gram, ref[name].gram, rtol=0.05, atol=0.05 * ref[name].gram.abs().max().item())
+    assert not torch.equal(stats["mlp.down_proj"].gram, ref["mlp.down_proj"].gram)  # bf16 really ran
 
 
 def test_input_stats_accumulate_over_calls():
