@@ -29,7 +29,7 @@ sandbox-tools:
 	command -v bwrap >/dev/null 2>&1 || \
 		echo "note: bubblewrap (bwrap) is not installed; the code suite's sandbox falls back to weaker isolation"
 
-.PHONY: install sandbox-tools run test sweep gpu-check offload-demo clean
+.PHONY: install sandbox-tools run test sweep nightly gpu-check offload-demo clean
 install: $(VENV)/.installed sandbox-tools
 
 # the default job: FP, RTN, AWQ and GPTQ at w4 g64, quick suites, one session, the decision on the console;
@@ -55,6 +55,17 @@ offload-demo: install
 
 sweep: install
 	$(PY) -m harness --multirun method=fp,rtn $(ARGS)
+
+# the nightly: the sweep, the regression check against the baseline, then the serving tests. Their
+# transformers path needs gptqmodel (transformers' CPU AWQ backend), which builds from source in about
+# ten minutes, so CI skips it; the nightly runs it wherever `pip install 'gptqmodel>=7.6'` was done.
+# Every step runs; the target fails if any did. NIGHTLY_DIR=results/nightly/<stamp> resumes a crashed one.
+nightly: install
+	@status=0; dir="$${NIGHTLY_DIR:-results/nightly/$$(date -u +%Y-%m-%d_%H-%M-%S)}"; \
+	$(PY) -m harness --multirun +experiment=nightly hydra.sweep.dir="$$dir" || status=1; \
+	$(PY) -m harness.regress --baseline results/baselines/smollm2-135m-nightly.csv --current "$$dir" || status=1; \
+	$(PY) -m pytest -q -rs tests/harness/test_serving_check.py || status=1; \
+	exit $$status
 
 clean:
 	rm -rf $(VENV) results/runs results/cache
