@@ -36,16 +36,19 @@ def targets_of(batch: torch.Tensor, tail: int | None) -> torch.Tensor:
 
 @torch.no_grad()
 def scored_batches(model, windows: torch.Tensor, batch_size: int, *, tail: int | None = None, desc: str = "",
-                   progress: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                   progress: bool = True, upcast: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (batch of windows on the model's device, float32 logits predicting ``targets_of(batch)``).
 
-    Raises NonFiniteLogits at the first batch with a NaN/inf logit."""
+    Raises NonFiniteLogits at the first batch with a NaN/inf logit. ``upcast=False``: the logits stay
+    in the model's dtype, unchecked, for a caller that upcasts and checks them in pieces."""
     starts = range(0, len(windows), batch_size)
     for i in tqdm(starts, desc=desc, unit="batch", leave=False, disable=not progress):
         batch = windows[i:i + batch_size].to(model.device)
         logits = model(input_ids=batch, use_cache=False).logits
-        logits = (logits[:, :-1] if tail is None else logits[:, -tail - 1:-1]).float()
-        check_finite(logits, desc)
+        logits = logits[:, :-1] if tail is None else logits[:, -tail - 1:-1]
+        if upcast:
+            logits = logits.float()
+            check_finite(logits, desc)
         yield batch, logits
 
 
@@ -56,12 +59,28 @@ def token_nll(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "non
     return nll.view(targets.shape) if reduction == "none" else nll
 
 
+NLL_CHUNK_ELEMENTS = 1 << 22  # float32 logits upcast at a time by window_nll (16 MB: reused, not page-faulted)
+
+
+def chunked_token_nll(logits: torch.Tensor, targets: torch.Tensor, desc: str) -> torch.Tensor:
+    """``token_nll`` of logits [b, T, V] in any dtype, upcast to float32 and checked a few rows at a
+    time: the same values as one whole-batch upcast, without its hundreds of MB of fresh buffers."""
+    rows = max(1, NLL_CHUNK_ELEMENTS // logits.shape[-1])
+    nll = torch.empty(targets.shape, device=logits.device)
+    for b in range(logits.shape[0]):
+        for i in range(0, logits.shape[1], rows):
+            piece = logits[b, i:i + rows].float()
+            check_finite(piece, desc)
+            nll[b, i:i + rows] = F.cross_entropy(piece, targets[b, i:i + rows], reduction="none")
+    return nll
+
+
 def window_nll(model, windows: torch.Tensor, batch_size: int, *, tail: int | None = None,
                desc: str = "") -> torch.Tensor:
     """Summed NLL of each window's scored tokens, shape [n_windows] (float64 sums of float32 NLLs)."""
     out = []
-    for batch, logits in scored_batches(model, windows, batch_size, tail=tail, desc=desc):
-        out.append(token_nll(logits, targets_of(batch, tail)).double().sum(dim=1).cpu())
+    for batch, logits in scored_batches(model, windows, batch_size, tail=tail, desc=desc, upcast=False):
+        out.append(chunked_token_nll(logits, targets_of(batch, tail), desc).double().sum(dim=1).cpu())
     return torch.cat(out)
 
 

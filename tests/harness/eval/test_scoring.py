@@ -94,3 +94,14 @@ def test_tiny_model_with_nan_weights_is_caught(smol_tokenizer):
         model.model.layers[0].mlp.down_proj.weight[0, 0] = float("nan")
     with pytest.raises(scoring.NonFiniteLogits):
         scoring.window_nll(model, torch.randint(0, 1000, (2, 8)), 2)
+
+
+def test_chunked_nll_equals_the_whole_batch_upcast(monkeypatch):
+    g = torch.Generator().manual_seed(3)
+    logits = (torch.randn(2, 9, 11, generator=g) * 4).bfloat16()
+    targets = torch.randint(0, 11, (2, 9), generator=g)
+    monkeypatch.setattr(scoring, "NLL_CHUNK_ELEMENTS", 4 * 11)  # 4 rows a piece: 9 rows end in a partial piece
+    assert torch.equal(scoring.chunked_token_nll(logits, targets, "t"), scoring.token_nll(logits.float(), targets))
+    logits[1, 8, 3] = float("nan")  # in the last, partial piece
+    with pytest.raises(scoring.NonFiniteLogits):
+        scoring.chunked_token_nll(logits, targets, "t")
