@@ -93,7 +93,7 @@ def search_scale(weight: torch.Tensor, stats: InputStats, spec: QuantSpec, n_gri
         return scales[best], best, losses
     chunk = min(n_grid, max(1, _CHUNK_ELEMENTS // W.numel()))
     # two buffers for all chunks, every step in place: fresh ones cost more in page faults than in arithmetic
-    E, EG = torch.empty(chunk, *W.shape), torch.empty(chunk, *W.shape)
+    E, EG = (torch.empty(chunk, *W.shape, device=W.device) for _ in range(2))
     losses = []
     for c in range(0, n_grid, chunk):
         s = scales[c : c + chunk].unsqueeze(1)  # [k, 1, in]
@@ -117,7 +117,7 @@ def search_clip(weight: torch.Tensor, stats: InputStats, spec: QuantSpec, max_sh
     absmax = group_absmax(W, spec)
     best_err = torch.full((out_f, ng), float("inf"), device=W.device)
     best_clip = absmax.clone()
-    E = torch.empty(W.shape)
+    E = torch.empty(W.shape, device=W.device)
     for i in range(max(1, int(max_shrink * n_grid))):
         clip = absmax * (1 - i / n_grid)
         fake_quantize(E.copy_(W), spec, clip, inplace=True).sub_(W)
