@@ -67,9 +67,20 @@ def _row(key, b, c, cfg: RegressConfig, min_recovery: float | None) -> dict:
 COLUMNS = KEY + ["baseline", "current", "change", "tolerance", "tolerance rule", "recovery", "recovery rule", "status"]
 
 
+def _check_same_compute_dtype(baseline: pd.DataFrame, current: pd.DataFrame) -> None:
+    """bf16 and fp32 evaluation differ by more than the perplexity tolerance (README: the bf16 vs fp32
+    tables), so a baseline only judges runs of its own compute dtype."""
+    dtypes = [sorted(set(f["compute_dtype"].dropna())) if "compute_dtype" in f else [] for f in (baseline, current)]
+    if all(dtypes) and dtypes[0] != dtypes[1]:
+        raise HarnessError(f"the baseline was computed in {', '.join(dtypes[0])} and the current results in "
+                           f"{', '.join(dtypes[1])}: rerun with model.compute_dtype={dtypes[0][0]}, or save a baseline "
+                           f"for {dtypes[1][0]} with --save-baseline")
+
+
 def diff(baseline: pd.DataFrame, current: pd.DataFrame, cfg: RegressConfig,
          min_recovery: float | None = None) -> pd.DataFrame:
     """One row per baseline or current metric: both rules (tolerance; recovery with ``min_recovery``)."""
+    _check_same_compute_dtype(baseline, current)
     base, cur = _table(baseline), _table(current)
     if not len(base.index.intersection(cur.index)):
         raise HarnessError(f"baseline and current share no metric (baseline variants: "

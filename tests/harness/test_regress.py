@@ -109,3 +109,13 @@ def test_descriptive_token_statistics_are_never_gated(tmp_path):
     table = regress.diff(pd.read_csv(tmp_path / "base.csv"), pd.read_csv(tmp_path / "cur.csv"),
                          OmegaConf.structured(regress.RegressConfig))
     assert list(table["metric"]) == ["pass@1"] and not regress.failed(table)
+
+
+def test_another_compute_dtype_is_one_line_not_a_wall_of_regressions(tmp_path, capsys):
+    cur = pd.read_csv(BASELINE)
+    assert set(cur.compute_dtype) == {"fp32"}
+    cur["compute_dtype"] = "bf16"  # the same numbers: still refused, a bf16 run is not judged by an fp32 baseline
+    cur.to_csv(tmp_path / "cur.csv", index=False)
+    assert run("--baseline", BASELINE, "--current", tmp_path / "cur.csv") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "computed in fp32" in err[0] and "in bf16" in err[0] and "model.compute_dtype=fp32" in err[0]
