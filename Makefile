@@ -41,6 +41,7 @@ run: install
 # two pytest workers of one thread each: most tests wait on single-threaded work (imports, subprocesses,
 # the sandbox), so two at a time keep both cores busy; TEST_WORKERS=0 runs them in this process
 TEST_WORKERS ?= 2
+
 # The serving tests read an export through transformers, whose CPU AWQ backend is GPTQModel. It gets
 # a venv of its own: installed next to the whole suite, its gptqmodel_awq peer test kills the
 # interpreter (transformers 5.24, torch 2.13). torch stays pinned, or pip swaps in a CUDA build.
@@ -72,7 +73,8 @@ sweep: install
 	$(PY) -m harness --multirun method=fp,rtn $(ARGS)
 
 # the nightly: the sweep, the regression check against the baseline, then the serving tests (the
-# exported checkpoint through our reader and transformers). Every step runs; the target fails if any did. NIGHTLY_DIR=results/nightly/<stamp> resumes a crashed one.
+# exported checkpoint through our reader and transformers). Every step runs; the target fails if any
+# did. NIGHTLY_DIR=results/nightly/<stamp> resumes a crashed one.
 nightly: install $(SERVING_VENV)/.installed
 	@status=0; dir="$${NIGHTLY_DIR:-results/nightly/$$(date -u +%Y-%m-%d_%H-%M-%S)}"; \
 	$(PY) -m harness --multirun +experiment=nightly hydra.sweep.dir="$$dir" || status=1; \
