@@ -71,7 +71,7 @@ def chunked_token_nll(logits: torch.Tensor, targets: torch.Tensor, desc: str) ->
         for i in range(0, logits.shape[1], rows):
             piece = logits[b, i:i + rows].float()
             check_finite(piece, desc)
-            nll[b, i:i + rows] = F.cross_entropy(piece, targets[b, i:i + rows], reduction="none")
+            nll[b, i:i + rows] = token_nll(piece[None], targets[b, i:i + rows][None])[0]
     return nll
 
 
