@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from harness import offloading
+from harness import attention, offloading
 from harness.errors import HarnessError
 from methods import onload
 
@@ -207,6 +207,7 @@ def load(cfg):
 
 def _ready(model, tok, cfg, device):
     _fix_special_tokens(model, tok, cfg)
+    attention.use_blocked_attention(model)
     if cfg.offload != "none":
         onload.move_resident(model, device)  # the offloaded layers go to the device one at a time
     elif not cfg.device_map:  # (with a device map accelerate has placed every module)
