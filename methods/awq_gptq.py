@@ -22,7 +22,7 @@ from methods import onload
 from methods.capture import LayerwiseRunner
 from methods.gptq import GPTQConfig, gptq_layer
 from methods.mappings import mapping_for
-from methods.quantizer import group_absmax
+from methods.quantizer import clip_ratio
 from methods.registry import Method, MethodError, QuantResult, register
 from methods.targets import fake_quantize_linears, peak_rss_mb, prepare_targets
 
@@ -73,7 +73,7 @@ class AWQThenGPTQ(Method):
         ratios = {}
         if cfg.clip:
             clips = clip_layer(linears, stats, mapping, spec, cfg)
-            ratios = {n: c / group_absmax(linears[n].weight, spec).clamp_min(1e-12) for n, c in clips.items()}
+            ratios = {n: clip_ratio(c, linears[n].weight, spec) for n, c in clips.items()}
         layer_q, layer_stats = gptq_layer(linears, stats, spec, cfg, ratios)
         qweights.update({f"{mapping.layers}.{i}.{n}": qw for n, qw in layer_q.items()})
         info["gptq_loss"] = sum(s["gptq_loss"] for s in layer_stats)

@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 from methods import onload
 from methods.capture import LayerwiseRunner, layer_linears
 from methods.mappings import mapping_for
-from methods.quantizer import PER_CHANNEL, QuantizedWeight, QuantSpec, codes_for, compute_qparams, group_absmax
+from methods.quantizer import (PER_CHANNEL, Bounds, Clip, QuantizedWeight, QuantSpec, clip_of, codes_for,
+                               compute_qparams)
 from methods.registry import Method, MethodConfig, QuantResult, choice, register
 from methods.targets import fake_quantize_linears, peak_rss_mb, prepare_targets
 
@@ -75,17 +76,14 @@ def column_order(diag: torch.Tensor, mode: str, group: int) -> torch.Tensor:
     raise ValueError(f"act_order={mode!r}; choose one of: {', '.join(ORDERS)}")
 
 
-def _clip(W: torch.Tensor, spec: QuantSpec, ratio: torch.Tensor | None) -> torch.Tensor | None:
-    return None if ratio is None else ratio * group_absmax(W, spec)
-
-
 @torch.no_grad()
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec, block_size: int = 128,
                   damp_percent: float = 0.01, act_order: str | bool = "off",
-                  clip_ratio: torch.Tensor | None = None) -> tuple[QuantizedWeight, float]:
+                  clip_ratio: Clip | None = None) -> tuple[QuantizedWeight, float]:
     """Quantize ``weight`` [out, in] given ``hessian`` [in, in]. ``act_order``: one of ``ORDERS``
-    (``True``/``False`` mean static/off). ``clip_ratio`` [out, n_groups] in (0, 1]: each group's range
-    is that share of its max |w|. Returns the quantized weight and the summed ``(w - q)² / d``
+    (``True``/``False`` mean static/off). ``clip_ratio`` [out, n_groups] in (0, 1] (or ``Bounds`` of
+    them, from ``quantizer.clip_ratio``): each group's range is that share of its max |w| (of its min
+    and its max). Returns the quantized weight and the summed ``(w - q)² / d``
     objective (GPTQ's proxy loss)."""
     mode = {True: "static", False: "off"}.get(act_order, act_order)
     W = weight.detach().float().clone()
@@ -98,7 +96,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec, 
 
     static = mode == "static"
     if static:  # [out, n_groups], from the original weights
-        scale_all, zero_all = compute_qparams(W, spec, _clip(W, spec, clip_ratio))
+        scale_all, zero_all = compute_qparams(W, spec, clip_of(clip_ratio, W, spec))
     perm = column_order(torch.diag(H), mode, g)
     W, H = W[:, perm], H[perm][:, perm]
 
@@ -137,8 +135,8 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec, 
             else:
                 if col % g == 0:  # start of a group: parameters from the updated weights
                     seg = torch.cat([W1[i:], WT[i2:]])[:g].t()
-                    ratio = None if clip_ratio is None else clip_ratio[:, grp:grp + 1]
-                    sg, zg = compute_qparams(seg, per_row, _clip(seg, per_row, ratio))
+                    ratio = None if clip_ratio is None else _columns(clip_ratio, grp, grp + 1)
+                    sg, zg = compute_qparams(seg, per_row, clip_of(ratio, seg, per_row))
                     scale[grp], zero[grp] = sg[:, 0], zg[:, 0]
                 s, z = scale[grp], zero[grp]
             w = W1[i]
@@ -167,6 +165,27 @@ def _input_sets(linears: dict, stats: dict) -> list[list[str]]:
 
 
 @torch.no_grad()
+def _columns(ratio: Clip, start: int, stop: int) -> Clip:
+    cut = lambda t: t[:, start:stop]  # noqa: E731
+    return ratio.map(cut) if isinstance(ratio, Bounds) else cut(ratio)
+
+
+def _stacked_ratios(ratios: list, linears: list, spec: QuantSpec) -> Clip:
+    """One clip ratio for stacked Linears; a Linear without one keeps its whole range (ratio 1)."""
+    two_sided = any(isinstance(r, Bounds) for r in ratios)
+    parts = []
+    for r, lin in zip(ratios, linears):
+        if r is None:
+            r = torch.ones(lin.out_features, lin.in_features // spec.group_len(lin.in_features), device=lin.weight.device)
+            r = Bounds(r, r) if two_sided else r
+        elif isinstance(r, Bounds) != two_sided:
+            raise ValueError("stacked Linears mix one- and two-sided clip ratios")
+        parts.append(r)
+    if two_sided:
+        return Bounds(torch.cat([p.lo for p in parts]), torch.cat([p.hi for p in parts]))
+    return torch.cat(parts)
+
+
 def gptq_layer(linears: dict, stats: dict, spec: QuantSpec, cfg, clip_ratios: dict | None = None):
     """GPTQ on every Linear of one decoder layer, in place. Linears reading the same input share one
     Hessian and GPTQ treats rows independently, so one call on their stacked rows equals separate
@@ -178,10 +197,7 @@ def gptq_layer(linears: dict, stats: dict, spec: QuantSpec, cfg, clip_ratios: di
         stacked = torch.cat([linears[n].weight for n in names])
         ratio = None
         if clip_ratios and any(n in clip_ratios for n in names):
-            g = spec.group_len(stacked.shape[1])
-            ratio = torch.cat([clip_ratios[n] if n in clip_ratios else
-                               torch.ones(linears[n].out_features, stacked.shape[1] // g, device=stacked.device)
-                               for n in names])
+            ratio = _stacked_ratios([clip_ratios.get(n) for n in names], [linears[n] for n in names], spec)
         qw, loss = gptq_quantize(stacked, hessian, spec, cfg.block_size, cfg.damp_percent, cfg.act_order, ratio)
         rows = 0
         for n in names:

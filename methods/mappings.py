@@ -29,7 +29,7 @@ class ArchMapping:
     input_sets: tuple[tuple[str, ...], ...]  # Linears that read the same input tensor
     scale_groups: tuple[ScaleGroup, ...]
     norm_plus_one: bool = False  # Gemma's RMSNorm computes x̂·(1 + weight)
-    no_clip: tuple[str, ...] = ("q_proj", "k_proj")  # clipping q/k distorts attention logits
+    attention_logits: tuple[str, ...] = ("q_proj", "k_proj")  # Linears whose outputs form the attention logits
 
     def input_set_of(self, linear: str) -> tuple[str, ...]:
         for s in self.input_sets:

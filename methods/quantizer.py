@@ -13,6 +13,7 @@ Dequantization is always ``(q - zero) * scale``. ``compute_qparams`` gives an in
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -70,19 +71,59 @@ def group_absmax(w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     return _grouped(w.float(), spec).abs().amax(dim=-1)
 
 
-def compute_qparams(w: torch.Tensor, spec: QuantSpec, clip: torch.Tensor | None = None):
+class Bounds(NamedTuple):
+    """Two-sided per-group limits ``lo ≤ 0 ≤ hi`` of the representable range (each broadcastable to
+    ``[..., out, n_groups]``): a clip whose sides differ. A plain tensor ``c`` as a clip is ``[-c, c]``."""
+    lo: torch.Tensor
+    hi: torch.Tensor
+
+    def map(self, fn) -> "Bounds":
+        return Bounds(fn(self.lo), fn(self.hi))
+
+
+Clip = torch.Tensor | Bounds
+
+
+def group_minmax(w: torch.Tensor, spec: QuantSpec) -> Bounds:
+    """min and max of every group, ``[..., out, n_groups]`` each: the widest bounds a group can use."""
+    wg = _grouped(w.float(), spec)
+    return Bounds(wg.amin(dim=-1), wg.amax(dim=-1))
+
+
+def clip_ratio(clip: Clip, w: torch.Tensor, spec: QuantSpec) -> Clip:
+    """A clip of ``w`` as shares of the group's own range (what ``clip_of`` turns back into a clip of
+    weights that have changed since, as in GPTQ): ``c / max|w|``, or each side over that side's extreme."""
+    if not isinstance(clip, Bounds):
+        return clip / group_absmax(w, spec).clamp_min(1e-12)
+    lo, hi = group_minmax(w, spec)
+    return Bounds(torch.where(lo < 0, clip.lo / lo.clamp_max(-1e-12), 1.0),
+                  torch.where(hi > 0, clip.hi / hi.clamp_min(1e-12), 1.0))
+
+
+def clip_of(ratio: Clip | None, w: torch.Tensor, spec: QuantSpec) -> Clip | None:
+    """The clip of ``w`` that keeps ``ratio`` (from ``clip_ratio``) of each group's range."""
+    if ratio is None:
+        return None
+    if not isinstance(ratio, Bounds):
+        return ratio * group_absmax(w, spec)
+    lo, hi = group_minmax(w, spec)
+    return Bounds(ratio.lo * lo, ratio.hi * hi)
+
+
+def compute_qparams(w: torch.Tensor, spec: QuantSpec, clip: Clip | None = None):
     """Per-group ``(scale, zero)`` for ``w``.
 
-    ``clip`` (broadcastable to ``[..., out, n_groups]``) bounds the representable range to
-    ``[-clip, clip]``; AWQ's clipping search and GPTQ's optional grid use it.
+    ``clip`` bounds the representable range: a tensor ``c`` (broadcastable to ``[..., out, n_groups]``)
+    to ``[-c, c]``, ``Bounds(lo, hi)`` to ``[lo, hi]``; AWQ's clip search and GPTQ's optional grid use it.
     The range always contains 0, so ``zero`` is an exact integer in ``[0, maxq]``.
     """
     wg = _grouped(w.float(), spec)
     wmax = wg.amax(dim=-1)
     wmin = wg.amin(dim=-1)
     if clip is not None:
-        wmax = torch.minimum(wmax, clip)
-        wmin = torch.maximum(wmin, -clip)
+        lo, hi = clip if isinstance(clip, Bounds) else (-clip, clip)
+        wmax = torch.minimum(wmax, hi)
+        wmin = torch.maximum(wmin, lo)
     if spec.symmetric:
         half = 2 ** (spec.bits - 1)
         absmax = torch.maximum(wmax.abs(), wmin.abs())
@@ -126,7 +167,7 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: Q
     return ((qg - zero.unsqueeze(-1)) * scale.unsqueeze(-1)).reshape(q.shape)
 
 
-def fake_quantize(w: torch.Tensor, spec: QuantSpec, clip: torch.Tensor | None = None,
+def fake_quantize(w: torch.Tensor, spec: QuantSpec, clip: Clip | None = None,
                   inplace: bool = False) -> torch.Tensor:
     """quantize→dequantize in one pass, returned in ``w``'s dtype; ``inplace`` overwrites ``w``
     (contiguous fp32) with the result instead."""
@@ -148,7 +189,7 @@ class QuantizedWeight:
     spec: QuantSpec
 
     @classmethod
-    def from_weight(cls, w: torch.Tensor, spec: QuantSpec, clip: torch.Tensor | None = None) -> "QuantizedWeight":
+    def from_weight(cls, w: torch.Tensor, spec: QuantSpec, clip: Clip | None = None) -> "QuantizedWeight":
         scale, zero = compute_qparams(w, spec, clip)
         return cls(quantize(w, scale, zero, spec), scale, zero, spec)
 

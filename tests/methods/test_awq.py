@@ -7,7 +7,7 @@ import methods
 from methods.awq import candidate_scales, can_fold, fold_scale, proxy_loss, search_clip, search_scale
 from methods.capture import InputStats, decoder_layers
 from methods.mappings import ArchMapping, mapping_for
-from methods.quantizer import QuantSpec, fake_quantize
+from methods.quantizer import Bounds, QuantSpec, fake_quantize, group_absmax, group_minmax
 from methods.targets import target_linears
 from tests.conftest import tiny_model
 from tests.methods.helpers import method_cfg, random_calib
@@ -71,12 +71,48 @@ def test_candidate_scales_start_at_one_and_are_normalised():
 def test_clip_search_never_worse_than_no_clip_and_helps_on_outlier_weights():
     x, w, st = planted_layer(seed=3)
     w[torch.arange(0, 96, 3), 5] = 1.5  # rare large weights stretch some groups' ranges
-    clip = search_clip(w, st, SPEC, max_shrink=0.5, n_grid=20)
+    clip = search_clip(w, st, SPEC, max_shrink=0.5, n_grid=20, two_sided=False)
     absmax = w.view(96, -1, 32).abs().amax(-1)
     assert bool((clip <= absmax).all()) and bool((clip >= 0.5 * absmax - 1e-6).all())
     assert bool((clip < absmax).any())
-    gen_err = output_mse(x, w, fake_quantize(w, SPEC, clip))
-    assert gen_err < output_mse(x, w, fake_quantize(w, SPEC))
+    one_sided = output_mse(x, w, fake_quantize(w, SPEC, clip))
+    assert one_sided < output_mse(x, w, fake_quantize(w, SPEC))
+
+    bounds = search_clip(w, st, SPEC, max_shrink=0.5, n_grid=20)
+    lo, hi = group_minmax(w, SPEC)
+    assert bool((bounds.hi <= hi).all()) and bool((bounds.hi >= 0.5 * hi - 1e-6).all())
+    assert bool((bounds.lo >= lo).all()) and bool((bounds.lo <= 0.5 * lo + 1e-6).all())
+    assert bool((bounds.hi < hi).any()) and bool((bounds.lo > lo).any())
+    assert output_mse(x, w, fake_quantize(w, SPEC, bounds)) < one_sided  # the outliers sit on one side
+
+
+def chosen_pair(clip, o, grp):
+    return clip.lo[o, grp], clip.hi[o, grp]
+
+
+@pytest.mark.parametrize("two_sided", [False, True])
+def test_clip_search_picks_each_groups_best_candidate_by_its_gram_block(two_sided):
+    x, w, st = planted_layer(seed=5, in_f=64, out_f=8, salient=(3, 40))
+    clip = search_clip(w, st, SPEC, max_shrink=0.3, n_grid=10, two_sided=two_sided)
+    ratios = [1.0, 0.9, 0.8]
+    lo, hi = group_minmax(w, SPEC)
+    absmax = group_absmax(w, SPEC)
+    for o in range(8):
+        for grp in range(2):
+            cols = slice(32 * grp, 32 * grp + 32)
+            row = w[o:o + 1, cols]
+            if two_sided:  # every pair of the coarse grid (1, 0.8), which the search tries before refining
+                cands = [Bounds(lo[o:o + 1, grp:grp + 1] * a, hi[o:o + 1, grp:grp + 1] * b)
+                         for b in ratios[::2] for a in ratios[::2]]
+                on_grid = [round(float(c / m), 6) in ratios for c, m in zip(chosen_pair(clip, o, grp), (lo[o, grp], hi[o, grp]))]
+                assert all(on_grid)
+                chosen = Bounds(clip.lo[o:o + 1, grp:grp + 1], clip.hi[o:o + 1, grp:grp + 1])
+            else:
+                cands = [absmax[o:o + 1, grp:grp + 1] * r for r in ratios]
+                chosen = clip[o:o + 1, grp:grp + 1]
+            errs = [(x[:, cols] @ (fake_quantize(row, SPEC, c) - row).T).pow(2).sum().item() for c in cands]
+            got = (x[:, cols] @ (fake_quantize(row, SPEC, chosen) - row).T).pow(2).sum().item()
+            assert got <= min(errs) * (1 + 1e-4) + 1e-9
 
 
 def _perturb_norms(model):
