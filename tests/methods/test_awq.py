@@ -7,13 +7,14 @@ import methods
 from methods.awq import candidate_scales, can_fold, fold_scale, proxy_loss, search_clip, search_scale
 from methods.capture import InputStats, decoder_layers
 from methods.mappings import ArchMapping, mapping_for
-from methods.quantizer import Bounds, QuantSpec, fake_quantize, group_absmax, group_minmax
+from methods.quantizer import Bounds, QuantizedWeight, QuantSpec, fake_quantize, group_absmax, group_minmax
 from methods.targets import target_linears
 from tests.conftest import tiny_model
 from tests.methods.helpers import method_cfg, random_calib
 
 ARCHS = ["llama", "qwen2", "qwen3", "gemma3_text"]
 SPEC = QuantSpec(bits=4, group_size=32)
+SPEC16 = QuantSpec(bits=4, group_size=16)  # method_cfg's group size
 
 
 def planted_layer(seed=0, tokens=512, in_f=128, out_f=96, salient=(3, 40, 77, 101)):
@@ -240,3 +241,16 @@ def test_sequential_awq_searches_on_quantized_upstream_outputs():
     sequential = _logit_mse("awq", n_grid=10, sequential=True)
     assert sequential < rtn
     assert sequential != fp_inputs  # layer 1 saw layer 0's quantized outputs
+
+
+def test_clip_qk_decides_whether_q_and_k_get_a_searched_range():
+    calib = random_calib()
+    q_scales = {}
+    for clip_qk in (True, False):
+        model = tiny_model("llama", vocab_size=256)
+        res = methods.get("awq").quantize(model, calib, method_cfg("awq", n_grid=8, scale=False, clip_qk=clip_qk))
+        name = "model.layers.0.self_attn.q_proj"
+        q_scales[clip_qk] = res.qweights[name].scale
+        plain = QuantizedWeight.from_weight(tiny_model("llama", vocab_size=256).get_submodule(name).weight, SPEC16)
+        assert torch.equal(q_scales[clip_qk], plain.scale) != clip_qk  # without the search: min/max ranges
+    assert bool((q_scales[True] <= q_scales[False]).all())

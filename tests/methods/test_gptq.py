@@ -4,7 +4,8 @@ import torch
 import methods
 from kernels.pack import pack_awq, unpack_awq
 from methods.gptq import ORDERS, column_order, _block_size, gptq_quantize
-from methods.quantizer import PER_CHANNEL, QuantSpec, compute_qparams, fake_quantize, quantize
+from methods.quantizer import (PER_CHANNEL, Bounds, QuantSpec, clip_of, clip_ratio, compute_qparams, fake_quantize,
+                               group_minmax, quantize)
 from methods.targets import target_linears
 from tests.conftest import tiny_model
 from tests.methods.helpers import method_cfg, random_calib
@@ -175,3 +176,19 @@ def test_clip_ratio_narrows_every_group_range():
         full, _ = gptq_quantize(w, H, spec, act_order=mode)
         clipped, _ = gptq_quantize(w, H, spec, act_order=mode, clip_ratio=ratio)
         assert clipped.scale.mean() < 0.9 * full.scale.mean(), mode
+
+
+def test_two_sided_clip_ratios_bound_each_side_of_every_group():
+    x = correlated_inputs(in_f=64, seed=8)
+    w = torch.randn(16, 64, generator=torch.Generator().manual_seed(9)) * 0.05
+    spec = QuantSpec(4, 32)
+    H = 2 / x.shape[0] * x.T @ x
+    ratio = Bounds(torch.full((16, 2), 1.0), torch.full((16, 2), 0.6))  # the max side only
+    lo, hi = group_minmax(w, spec)
+    clipped, _ = gptq_quantize(w, H, spec, act_order="static", clip_ratio=ratio)
+    torch.testing.assert_close(clipped.scale, compute_qparams(w, spec, Bounds(lo, 0.6 * hi))[0])
+    torch.testing.assert_close(clip_ratio(Bounds(0.5 * lo, 0.6 * hi), w, spec), Bounds(torch.full_like(lo, 0.5),
+                                                                                         torch.full_like(hi, 0.6)))
+    torch.testing.assert_close(clip_of(clip_ratio(Bounds(0.5 * lo, 0.6 * hi), w, spec), w, spec), Bounds(0.5 * lo, 0.6 * hi))
+    off, _ = gptq_quantize(w, H, spec, act_order="off", clip_ratio=ratio)
+    assert off.scale.mean() < gptq_quantize(w, H, spec, act_order="off")[0].scale.mean()
