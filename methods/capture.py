@@ -36,6 +36,11 @@ def forward_dtype(dtype: torch.dtype | None):
         _FORWARD_DTYPE.reset(token)
 
 
+def current_forward_dtype() -> torch.dtype | None:
+    """The dtype set by ``forward_dtype`` (None outside it): what peers given a choice should run in."""
+    return _FORWARD_DTYPE.get()
+
+
 def _in_forward_dtype(device: torch.device):
     dtype = _FORWARD_DTYPE.get()
     if dtype is None or dtype == torch.float32:

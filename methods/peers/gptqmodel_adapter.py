@@ -4,8 +4,9 @@ GPTQModel loads models from a directory, so our model is saved to a temporary on
 with our calibration windows, and saved again; we read its packed checkpoint back with our own
 unpackers (kernels/pack.py) into our model, so our suites evaluate it. Reading its layers straight
 after ``quantize()`` instead gives zero points one step off (7.6), hence the save/reload.
-Its CPU AWQ packs correctly only from fp16/bf16 weights, and it writes ``./logs``: it runs inside
-the temporary directory. Its AWQ picks the CUDA-only ``AWQ_GEMM`` kernel by default (7.6:
+Its CPU AWQ packs correctly only from fp16/bf16 weights, so it gets the session's compute dtype when
+that is bf16 or fp16 (as our methods' calibration passes do), fp16 otherwise; and it writes
+``./logs``: it runs inside the temporary directory. Its AWQ picks the CUDA-only ``AWQ_GEMM`` kernel by default (7.6:
 ``BaseQModel.quantize`` with ``backend=AUTO`` and ``format=gemm``), which fails on a CPU with "AWQ: CUDA
 is not available"; we ask for its torch kernel (``BACKEND.AWQ_TORCH``, fp16/bf16), which writes the
 same AWQ-GEMM layout. The adapter always quantizes on the CPU (``device="cpu"``).
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from methods.capture import current_forward_dtype
 from methods.gptq import GPTQConfig
 from methods.peers.common import PeerAWQConfig, adopt, calib_tokenizer, require
 from methods.registry import Method, MethodError, QuantResult, register
@@ -118,7 +120,7 @@ class _GPTQModel(Method):
         rows = [{"input_ids": ids, "attention_mask": [1] * len(ids)} for ids in calib.input_ids.tolist()]
         with tempfile.TemporaryDirectory(prefix="gptqmodel-") as tmp, _inside(Path(tmp)):
             src, dst = Path(tmp) / "src", Path(tmp) / "quantized"
-            _save_copy(model, src, torch.float16 if self.awq else None)  # its CPU AWQ packs only fp16/bf16
+            _save_copy(model, src, _half_dtype() if self.awq else None)  # its CPU AWQ packs only fp16/bf16
             calib_tokenizer(calib, self.name).save_pretrained(src)
             peer = GPTQModel.load(str(src), self.quantize_config(cfg), device="cpu")
             peer.quantize(rows, batch_size=cfg.batch_size, **self.quantize_kwargs())
@@ -127,6 +129,12 @@ class _GPTQModel(Method):
             qweights = unpack_checkpoint(dst, targets, self.awq)
             adopt(model, _read_tensors(dst), qweights)
         return QuantResult(self.name, time.perf_counter() - t0, peak_rss_mb(), [], qweights)
+
+
+def _half_dtype() -> torch.dtype:
+    """The session's compute dtype when it is a half type (bf16 where the CPU is fast at it), else fp16."""
+    dtype = current_forward_dtype()
+    return dtype if dtype in (torch.float16, torch.bfloat16) else torch.float16
 
 
 @register("gptqmodel_awq", PeerAWQConfig)

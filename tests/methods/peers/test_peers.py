@@ -71,3 +71,13 @@ def test_installed_peer_quantizes_a_tiny_model_into_ours(name, smol_tokenizer):
         rtn_err = (rtn(calib.input_ids).logits - ref).pow(2).mean().item()
     # a misread grid (a zero point one step off, wrong scales) would be far worse than plain rounding
     assert peer_err < 2 * rtn_err
+
+
+def test_gptqmodel_awq_gets_the_sessions_half_dtype_else_fp16():
+    from methods.capture import forward_dtype
+    from methods.peers.gptqmodel_adapter import _half_dtype
+
+    for session, expected in ((torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16),
+                              (torch.float32, torch.float16), (None, torch.float16)):
+        with forward_dtype(session):
+            assert _half_dtype() == expected
