@@ -55,6 +55,9 @@ class AWQConfig(MethodConfig):
     # clip q/k_proj too; the reference AWQ leaves them alone (their errors pass through the softmax),
     # but with the range searched on their own output error it closed more of the gap (README)
     clip_qk: bool = True
+    # clip passes that rescore each group with its error's cross terms to the other groups (the full
+    # Gram matrix, not only its diagonal blocks; search_clip)
+    clip_refine: int = 0
     loss: str = choice("linear", "block")  # what the scale search minimises (module docstring)
     block_samples: int = 8  # calibration windows the block loss runs on (spread over all batches)
     # each layer searched on the outputs of the already-quantized layers before it (GPTQ's order)
@@ -114,47 +117,78 @@ def search_scale(weight: torch.Tensor, stats: InputStats, spec: QuantSpec, n_gri
 
 
 def search_clip(weight: torch.Tensor, stats: InputStats, spec: QuantSpec, max_shrink: float, n_grid: int,
-                two_sided: bool = True) -> Clip:
-    """Per (output row, input group) clip minimising that group's output error ``e G_gg eᵀ`` (the
-    diagonal block of the Gram matrix), over shrink ratios r in ``[1 - max_shrink, 1]``.
+                two_sided: bool = True, refine: int = 0) -> Clip:
+    """Per (output row, input group) clip minimising the row's output error ``e G eᵀ``, over shrink
+    ratios r in ``[1 - max_shrink, 1]``.
 
     Two-sided (asymmetric quantization): the group's max and its min are shrunk separately, to
     ``r_hi·max`` and ``r_lo·min``, searched over pairs of ratios (a coarse grid, then each group's
     neighbours on the fine one); returns ``Bounds`` [out, n_groups].
     One-sided (symmetric quantization, or ``two_sided=False``: the reference AWQ's clip): the range
-    ``[-r·max|w|, r·max|w|]``; returns the bound [out, n_groups]."""
+    ``[-r·max|w|, r·max|w|]``; returns the bound [out, n_groups].
+
+    The first pass scores each group alone, by the diagonal block ``e_g G_gg e_gᵀ`` (the reference
+    AWQ's per-group output error). Each of ``refine`` further passes rescores every group's
+    candidates with its cross terms to the other groups' current errors, ``+ 2 e_g Σ_h G_gh e_hᵀ``:
+    clipping biases a group's error, and inputs with a nonzero mean add such biases up across the
+    groups of a row. Groups move together, so a row keeps the new clips only if its full error drops."""
     W = weight.float()
     out_f, in_f = W.shape
     g = spec.group_len(in_f)
     ng = in_f // g
-    blocks = stats.gram.view(ng, g, ng, g).diagonal(dim1=0, dim2=2).permute(2, 0, 1).contiguous()  # [ng, g, g]
+    gram = stats.gram
+    blocks = gram.view(ng, g, ng, g).diagonal(dim1=0, dim2=2).permute(2, 0, 1).contiguous()  # [ng, g, g]
     # the search works group-major, [ng, out, g], so that each group's error meets its Gram block in
     # one batched product without a copy per candidate
-    Wg = W.view(out_f, ng, g).transpose(0, 1).contiguous()
+    Wg = _to_group_major(W, ng)
     flat = QuantSpec(spec.bits, PER_CHANNEL, spec.symmetric)  # one group per row of Wg
     E, EG = torch.empty_like(Wg), torch.empty_like(Wg)
 
-    def error(clip: Clip) -> torch.Tensor:  # [ng, out]
+    def error(clip: Clip, cross: torch.Tensor | None = None) -> torch.Tensor:  # [ng, out]
         rows = clip.map(_group_major) if isinstance(clip, Bounds) else _group_major(clip)
         e = fake_quantize(E.copy_(Wg).view(-1, g), flat, rows, inplace=True).view_as(Wg).sub_(Wg)
-        return torch.bmm(e, blocks, out=EG).mul_(e).sum(dim=-1)
+        EG_ = torch.bmm(e, blocks, out=EG)
+        if cross is not None:
+            EG_.add_(cross, alpha=2)
+        return EG_.mul_(e).sum(dim=-1)
 
-    steps = max(1, int(max_shrink * n_grid))
-    if spec.symmetric or not two_sided:
-        absmax = group_absmax(W, spec)
-        return _pick([absmax * (1 - i / n_grid) for i in range(steps)], error)
+    one_sided = spec.symmetric or not two_sided
+    search = _search_one_sided if one_sided else _search_two_sided
+    best = search(W, spec, max_shrink, n_grid, error)
+    for _ in range(refine):
+        E_full = fake_quantize(W, spec, best) - W
+        EG_full = E_full @ gram
+        row_err = (EG_full * E_full).sum(dim=-1)
+        cross = _to_group_major(EG_full, ng).sub_(torch.bmm(_to_group_major(E_full, ng), blocks))
+        cand = search(W, spec, max_shrink, n_grid, lambda c: error(c, cross))
+        E_new = fake_quantize(W, spec, cand) - W
+        keep = ((E_new @ gram) * E_new).sum(dim=-1).lt(row_err).unsqueeze(1)  # [out, 1]
+        best = (Bounds(torch.where(keep, cand.lo, best.lo), torch.where(keep, cand.hi, best.hi))
+                if isinstance(best, Bounds) else torch.where(keep, cand, best))
+    return best
+
+
+def _search_one_sided(W, spec, max_shrink, n_grid, error) -> torch.Tensor:
+    absmax = group_absmax(W, spec)
+    return _pick([absmax * (1 - i / n_grid) for i in range(max(1, int(max_shrink * n_grid)))], error)
+
+
+def _search_two_sided(W, spec, max_shrink, n_grid, error) -> Bounds:
     # every (max, min) pair on a grid twice as coarse, then each group's 8 neighbours on the fine
     # grid: 25 + 8 error evaluations instead of 100 for the default grid, the same resolution
+    steps = max(1, int(max_shrink * n_grid))
     full = group_minmax(W, spec)
+
+    def clip(p):
+        return Bounds(full.lo * (1 - p[1]), full.hi * (1 - p[0]))
+
     coarse = [i / n_grid for i in range(0, steps, 2)]
     pairs = [(torch.full_like(full.hi, a), torch.full_like(full.hi, b)) for a in coarse for b in coarse]
-    shrink = _pick(pairs, lambda p: error(Bounds(full.lo * (1 - p[1]), full.hi * (1 - p[0]))))
-    top = (steps - 1) / n_grid
-    step = 1 / n_grid
+    shrink = _pick(pairs, lambda p: error(clip(p)))
+    top, step = (steps - 1) / n_grid, 1 / n_grid
     near = [((shrink[0] + da * step).clamp(0, top), (shrink[1] + db * step).clamp(0, top))
             for da in (-1, 0, 1) for db in (-1, 0, 1) if da or db]
-    shrink = _pick([shrink, *near], lambda p: error(Bounds(full.lo * (1 - p[1]), full.hi * (1 - p[0]))))
-    return Bounds(full.lo * (1 - shrink[1]), full.hi * (1 - shrink[0]))
+    return clip(_pick([shrink, *near], lambda p: error(clip(p))))
 
 
 def _pick(candidates: list, error) -> object:
@@ -170,6 +204,11 @@ def _pick(candidates: list, error) -> object:
         else:
             best = torch.where(better, cand, best)
     return best
+
+
+def _to_group_major(W: torch.Tensor, ng: int) -> torch.Tensor:
+    """[out, in] → [ng, out, g] (contiguous)."""
+    return W.view(W.shape[0], ng, -1).transpose(0, 1).contiguous()
 
 
 def _group_major(t: torch.Tensor) -> torch.Tensor:
@@ -305,5 +344,6 @@ def scale_layer(layer, linears: dict, stats: dict, mapping: ArchMapping, spec: Q
 def clip_layer(linears: dict, stats: dict, mapping: ArchMapping, spec: QuantSpec, cfg) -> dict:
     """The clip search for every Linear of one layer (q/k too with ``clip_qk``)."""
     skip = () if cfg.clip_qk else mapping.attention_logits
-    return {name: search_clip(lin.weight, stats[name], spec, cfg.max_shrink, cfg.n_grid, cfg.clip_range == "asymmetric")
+    return {name: search_clip(lin.weight, stats[name], spec, cfg.max_shrink, cfg.n_grid, cfg.clip_range == "asymmetric",
+                              cfg.clip_refine)
             for name, lin in linears.items() if name.split(".")[-1] not in skip}

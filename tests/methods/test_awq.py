@@ -254,3 +254,19 @@ def test_clip_qk_decides_whether_q_and_k_get_a_searched_range():
         plain = QuantizedWeight.from_weight(tiny_model("llama", vocab_size=256).get_submodule(name).weight, SPEC16)
         assert torch.equal(q_scales[clip_qk], plain.scale) != clip_qk  # without the search: min/max ranges
     assert bool((q_scales[True] <= q_scales[False]).all())
+
+
+@pytest.mark.parametrize("two_sided", [False, True])
+def test_clip_refinement_never_raises_a_rows_full_output_error(two_sided):
+    x, w, st = planted_layer(seed=11)
+    x += 0.5  # a nonzero input mean: the groups' clipping biases add up along a row
+    st = InputStats.empty(x.shape[1])
+    st.add(x)
+
+    def row_errors(clip):
+        return (x @ (fake_quantize(w, SPEC, clip) - w).T).pow(2).sum(dim=0)
+
+    first = row_errors(search_clip(w, st, SPEC, 0.5, 20, two_sided))
+    refined = row_errors(search_clip(w, st, SPEC, 0.5, 20, two_sided, refine=2))
+    assert bool((refined <= first * (1 + 1e-5)).all())
+    assert refined.sum() < 0.99 * first.sum()
