@@ -18,12 +18,15 @@ from __future__ import annotations
 import torch
 
 NAME = "harness_blocked_sdpa"
-QUERY_BLOCK = 128  # rows per block: large enough for efficient matrix products, small enough to skip most of the triangle
+# query rows per block: large enough for efficient matrix products, small enough to skip most of the
+# masked triangle
+QUERY_BLOCK = 128
 
 
 def _plain_causal(module, query, key, attention_mask, dropout, is_causal, kwargs) -> bool:
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-    return (query.device.type == "cpu" and query.dtype == torch.bfloat16 and attention_mask is None and causal and dropout == 0.0
+    return (query.device.type == "cpu" and query.dtype == torch.bfloat16
+            and attention_mask is None and causal and dropout == 0.0
             and kwargs.get("position_bias") is None and kwargs.get("softcap") is None
             and not kwargs.get("output_attentions", False)
             and query.shape[2] == key.shape[2] > QUERY_BLOCK

@@ -155,16 +155,20 @@ def search_clip(weight: torch.Tensor, stats: InputStats, spec: QuantSpec, max_sh
     one_sided = spec.symmetric or not two_sided
     search = _search_one_sided if one_sided else _search_two_sided
     best = search(W, spec, max_shrink, n_grid, error)
-    for _ in range(refine):
-        E_full = fake_quantize(W, spec, best) - W
+    if refine:
+        E_full = fake_quantize(W, spec, best) - W  # [out, in], with E_full @ G and each row's e G eᵀ
         EG_full = E_full @ gram
-        row_err = (EG_full * E_full).sum(dim=-1)
+        row_err = (EG_full * E_full).sum(dim=-1, keepdim=True)
+    for _ in range(refine):
         cross = _to_group_major(EG_full, ng).sub_(torch.bmm(_to_group_major(E_full, ng), blocks))
         cand = search(W, spec, max_shrink, n_grid, lambda c: error(c, cross))
         E_new = fake_quantize(W, spec, cand) - W
-        keep = ((E_new @ gram) * E_new).sum(dim=-1).lt(row_err).unsqueeze(1)  # [out, 1]
-        best = (Bounds(torch.where(keep, cand.lo, best.lo), torch.where(keep, cand.hi, best.hi))
-                if isinstance(best, Bounds) else torch.where(keep, cand, best))
+        EG_new = E_new @ gram
+        new_err = (EG_new * E_new).sum(dim=-1, keepdim=True)
+        keep = new_err < row_err  # [out, 1]
+        best = _where(keep, cand, best)
+        E_full, EG_full = _where(keep, E_new, E_full), _where(keep, EG_new, EG_full)
+        row_err = torch.minimum(new_err, row_err)
     return best
 
 
@@ -197,13 +201,17 @@ def _pick(candidates: list, error) -> object:
     best, best_err = candidates[0], error(candidates[0])
     for cand in candidates[1:]:
         err = error(cand)
-        better = (err < best_err).t()
+        best = _where((err < best_err).t(), cand, best)
         best_err = torch.minimum(err, best_err)
-        if isinstance(cand, tuple):
-            best = tuple(torch.where(better, c, b) for c, b in zip(cand, best))
-        else:
-            best = torch.where(better, cand, best)
     return best
+
+
+def _where(mask: torch.Tensor, new, old):
+    """``torch.where(mask, new, old)`` for a tensor, or field by field for a tuple (``Bounds`` included)."""
+    if not isinstance(old, tuple):
+        return torch.where(mask, new, old)
+    parts = [torch.where(mask, n, o) for n, o in zip(new, old)]
+    return Bounds(*parts) if isinstance(old, Bounds) else tuple(parts)
 
 
 def _to_group_major(W: torch.Tensor, ng: int) -> torch.Tensor:
@@ -344,6 +352,6 @@ def scale_layer(layer, linears: dict, stats: dict, mapping: ArchMapping, spec: Q
 def clip_layer(linears: dict, stats: dict, mapping: ArchMapping, spec: QuantSpec, cfg) -> dict:
     """The clip search for every Linear of one layer (q/k too with ``clip_qk``)."""
     skip = () if cfg.clip_qk else mapping.attention_logits
-    return {name: search_clip(lin.weight, stats[name], spec, cfg.max_shrink, cfg.n_grid, cfg.clip_range == "asymmetric",
-                              cfg.clip_refine)
+    two_sided = cfg.clip_range == "asymmetric"
+    return {name: search_clip(lin.weight, stats[name], spec, cfg.max_shrink, cfg.n_grid, two_sided, cfg.clip_refine)
             for name, lin in linears.items() if name.split(".")[-1] not in skip}

@@ -42,7 +42,7 @@ def current_forward_dtype() -> torch.dtype | None:
 
 
 def _in_forward_dtype(device: torch.device):
-    dtype = _FORWARD_DTYPE.get()
+    dtype = current_forward_dtype()
     if dtype is None or dtype == torch.float32:
         return nullcontext()
     return torch.autocast(device.type, dtype=dtype)

@@ -164,7 +164,6 @@ def _input_sets(linears: dict, stats: dict) -> list[list[str]]:
     return list(groups.values())
 
 
-@torch.no_grad()
 def _columns(ratio: Clip, start: int, stop: int) -> Clip:
     cut = lambda t: t[:, start:stop]  # noqa: E731
     return ratio.map(cut) if isinstance(ratio, Bounds) else cut(ratio)
@@ -176,7 +175,8 @@ def _stacked_ratios(ratios: list, linears: list, spec: QuantSpec) -> Clip:
     parts = []
     for r, lin in zip(ratios, linears):
         if r is None:
-            r = torch.ones(lin.out_features, lin.in_features // spec.group_len(lin.in_features), device=lin.weight.device)
+            groups = lin.in_features // spec.group_len(lin.in_features)
+            r = torch.ones(lin.out_features, groups, device=lin.weight.device)
             r = Bounds(r, r) if two_sided else r
         elif isinstance(r, Bounds) != two_sided:
             raise ValueError("stacked Linears mix one- and two-sided clip ratios")
@@ -186,6 +186,7 @@ def _stacked_ratios(ratios: list, linears: list, spec: QuantSpec) -> Clip:
     return torch.cat(parts)
 
 
+@torch.no_grad()
 def gptq_layer(linears: dict, stats: dict, spec: QuantSpec, cfg, clip_ratios: dict | None = None):
     """GPTQ on every Linear of one decoder layer, in place. Linears reading the same input share one
     Hessian and GPTQ treats rows independently, so one call on their stacked rows equals separate

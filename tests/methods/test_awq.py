@@ -105,7 +105,8 @@ def test_clip_search_picks_each_groups_best_candidate_by_its_gram_block(two_side
             if two_sided:  # every pair of the coarse grid (1, 0.8), which the search tries before refining
                 cands = [Bounds(lo[o:o + 1, grp:grp + 1] * a, hi[o:o + 1, grp:grp + 1] * b)
                          for b in ratios[::2] for a in ratios[::2]]
-                on_grid = [round(float(c / m), 6) in ratios for c, m in zip(chosen_pair(clip, o, grp), (lo[o, grp], hi[o, grp]))]
+                sides = zip(chosen_pair(clip, o, grp), (lo[o, grp], hi[o, grp]))
+                on_grid = [round(float(c / m), 6) in ratios for c, m in sides]
                 assert all(on_grid)
                 chosen = Bounds(clip.lo[o:o + 1, grp:grp + 1], clip.hi[o:o + 1, grp:grp + 1])
             else:

@@ -189,6 +189,7 @@ def test_two_sided_clip_ratios_bound_each_side_of_every_group():
     torch.testing.assert_close(clipped.scale, compute_qparams(w, spec, Bounds(lo, 0.6 * hi))[0])
     torch.testing.assert_close(clip_ratio(Bounds(0.5 * lo, 0.6 * hi), w, spec), Bounds(torch.full_like(lo, 0.5),
                                                                                          torch.full_like(hi, 0.6)))
-    torch.testing.assert_close(clip_of(clip_ratio(Bounds(0.5 * lo, 0.6 * hi), w, spec), w, spec), Bounds(0.5 * lo, 0.6 * hi))
+    clip = Bounds(0.5 * lo, 0.6 * hi)
+    torch.testing.assert_close(clip_of(clip_ratio(clip, w, spec), w, spec), clip)
     off, _ = gptq_quantize(w, H, spec, act_order="off", clip_ratio=ratio)
     assert off.scale.mean() < gptq_quantize(w, H, spec, act_order="off")[0].scale.mean()
