@@ -35,7 +35,7 @@ from methods.block_loss import BlockLoss, record_inputs, rows_per_batch
 from methods.capture import InputStats, LayerwiseRunner, layer_linears
 from methods.mappings import ArchMapping, ScaleGroup, mapping_for
 from methods.quantizer import PER_CHANNEL, Bounds, Clip, QuantSpec, fake_quantize, group_absmax, group_minmax
-from methods.registry import Method, MethodConfig, QuantResult, choice, register
+from methods.registry import Method, MethodConfig, MethodError, QuantResult, choice, register
 from methods.targets import fake_quantize_linears, peak_rss_mb, prepare_targets
 
 log = logging.getLogger(__name__)
@@ -256,6 +256,9 @@ def can_fold(layer, group: ScaleGroup) -> bool:
 @register("awq_scale", AWQConfig, clip=False)  # ablation: activation-aware scaling without the clip search
 @register("awq_clip", AWQConfig, scale=False)  # ablation: the clip search alone
 class AWQ(Method):
+    def check_config(self, cfg) -> None:
+        check_search(cfg)
+
     @torch.no_grad()
     def quantize(self, model, calib, cfg) -> QuantResult:
         t0 = time.perf_counter()
@@ -293,6 +296,16 @@ class AWQ(Method):
         if cfg.sequential:
             runner.advance(i)
         return set(full)
+
+
+def check_search(cfg) -> None:
+    """MethodError for search settings that cannot work (awq and awq_gptq, before the model loads)."""
+    if cfg.n_grid < 1:
+        raise MethodError(f"method.n_grid={cfg.n_grid}: choose a whole number of grid points, at least 1")
+    if not 0 <= cfg.max_shrink < 1:
+        raise MethodError(f"method.max_shrink={cfg.max_shrink}: choose a share of the range in [0, 1)")
+    if cfg.clip_refine < 0:
+        raise MethodError(f"method.clip_refine={cfg.clip_refine}: choose a number of passes, 0 or more")
 
 
 def collect_layer(runner: LayerwiseRunner, i: int, mapping: ArchMapping, cfg, also_advance: bool):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from methods.awq import AWQConfig, clip_layer, collect_layer, scale_layer
+from methods.awq import AWQConfig, check_search, clip_layer, collect_layer, scale_layer
 from methods import onload
 from methods.capture import LayerwiseRunner
 from methods.gptq import GPTQConfig, gptq_layer
@@ -42,6 +42,7 @@ class AWQGPTQConfig(AWQConfig, GPTQConfig):
 @register("awq_gptq", AWQGPTQConfig)
 class AWQThenGPTQ(Method):
     def check_config(self, cfg) -> None:
+        check_search(cfg)
         if not cfg.sequential:
             raise MethodError("method=awq_gptq always calibrates each layer on the quantized layers before it; "
                               "drop method.sequential=false (or use method=awq)")
