@@ -1,6 +1,12 @@
 """The README's "Adding a method" recipe, followed literally: one new file in methods/, nothing
-else edited, and the method runs from the command line with its own options and defaults."""
+else edited, and the method runs from the command line with its own options and defaults.
+
+The file goes into a copy of the project, never into the checkout: other tests read the source tree
+while this one runs (tests/test_layering.py parses every module), and a file that comes and goes
+under them breaks them."""
+import functools
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -10,7 +16,8 @@ import pandas as pd
 
 from harness.data import EVAL_DIR
 
-METHODS_DIR = Path(__file__).resolve().parents[2] / "methods"
+REPO = Path(__file__).resolve().parents[2]
+PACKAGES = ("harness", "methods", "kernels", "conf")
 NAME = "zz_throwaway_clip_rtn"
 
 RECIPE = textwrap.dedent(f'''
@@ -40,28 +47,34 @@ RECIPE = textwrap.dedent(f'''
 ''')
 
 
-def harness(*args, cwd):
+def copy_of_project(dest: Path) -> Path:
+    for pkg in PACKAGES:
+        shutil.copytree(REPO / pkg, dest / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def harness(*args, project, cwd):
+    """``python -m harness`` importing the packages of ``project`` (ahead of the editable install)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(project)}
     return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                          timeout=600, env=env)
 
 
 def test_one_new_file_adds_a_method(tiny_llama_dir, tmp_path):
-    path = METHODS_DIR / f"{NAME}.py"
-    path.write_text(RECIPE)
-    try:
-        common = ["model=path", f"model.path={tiny_llama_dir}", "eval=perplexity", "eval.seqlen=64",
-                  "eval.max_windows=1", f"eval.texts=[{EVAL_DIR / 'code_py.txt'}]", f"store_dir={tmp_path / 'store'}",
-                  f"cache_dir={tmp_path / 'cache'}"]
-        r = harness(f"method={NAME}", "method.ratio=0.8", f"hydra.run.dir={tmp_path / 'run'}", *common, cwd=tmp_path)
-        assert r.returncode == 0, r.stderr[-2000:]
-        df = pd.read_parquet(tmp_path / "run" / "results.parquet")
-        assert set(df.method) == {"fp", NAME}
-        layers = pd.read_parquet(tmp_path / "run" / "layers.parquet")
-        assert (layers.method == NAME).all() and (layers.weight_mse > 0).all()
+    project = copy_of_project(tmp_path / "project")
+    (project / "methods" / f"{NAME}.py").write_text(RECIPE)
+    run = functools.partial(harness, project=project, cwd=tmp_path)
+    common = ["model=path", f"model.path={tiny_llama_dir}", "eval=perplexity", "eval.seqlen=64",
+              "eval.max_windows=1", f"eval.texts=[{EVAL_DIR / 'code_py.txt'}]", f"store_dir={tmp_path / 'store'}",
+              f"cache_dir={tmp_path / 'cache'}"]
+    r = run(f"method={NAME}", "method.ratio=0.8", f"hydra.run.dir={tmp_path / 'run'}", *common)
+    assert r.returncode == 0, r.stderr[-2000:]
+    df = pd.read_parquet(tmp_path / "run" / "results.parquet")
+    assert set(df.method) == {"fp", NAME}
+    layers = pd.read_parquet(tmp_path / "run" / "layers.parquet")
+    assert (layers.method == NAME).all() and (layers.weight_mse > 0).all()
 
-        bad = harness("method=awk", cwd=tmp_path)  # the registry's name is among the valid choices
-        assert bad.returncode == 2 and NAME in bad.stderr
-        wrong = harness("method=rtn", "method.ratio=0.8", cwd=tmp_path)  # its option belongs to it alone
-        assert wrong.returncode == 2 and "unknown option method.ratio for method=rtn" in wrong.stderr
-    finally:
-        path.unlink()
+    bad = run("method=awk")  # the registry's name is among the valid choices
+    assert bad.returncode == 2 and NAME in bad.stderr
+    wrong = run("method=rtn", "method.ratio=0.8")  # its option belongs to it alone
+    assert wrong.returncode == 2 and "unknown option method.ratio for method=rtn" in wrong.stderr
