@@ -118,8 +118,13 @@ def compute_qparams(w: torch.Tensor, spec: QuantSpec, clip: Clip | None = None):
     The range always contains 0, so ``zero`` is an exact integer in ``[0, maxq]``.
     """
     wg = _grouped(w.float(), spec)
-    wmax = wg.amax(dim=-1)
-    wmin = wg.amin(dim=-1)
+    return range_qparams(Bounds(wg.amin(dim=-1), wg.amax(dim=-1)), spec, clip)
+
+
+def range_qparams(minmax: Bounds, spec: QuantSpec, clip: Clip | None = None):
+    """``compute_qparams`` from the groups' min and max (``group_minmax``), for searches that try many
+    clips on the same weights."""
+    wmin, wmax = minmax
     if clip is not None:
         lo, hi = clip if isinstance(clip, Bounds) else (-clip, clip)
         wmax = torch.minimum(wmax, hi)
@@ -149,6 +154,13 @@ def codes_for(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: Qu
     if fractional:
         return q.add_(zero).round_().clamp_(0, spec.maxq)
     return q.round_().add_(zero).clamp_(0, spec.maxq)
+
+
+def rounding_error(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec,
+                   out: torch.Tensor) -> torch.Tensor:
+    """``fake_quantize(w) - w`` for the given broadcast ``scale`` and ``zero``, written into ``out``
+    (w's shape, fp32): for searches that score many ranges of the same weights."""
+    return codes_for(out.copy_(w), scale, zero, spec, inplace=True).sub_(zero).mul_(scale).sub_(w)
 
 
 def integral(zero: torch.Tensor) -> bool:

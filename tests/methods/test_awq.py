@@ -4,10 +4,13 @@ import pytest
 import torch
 
 import methods
-from methods.awq import candidate_scales, can_fold, fold_scale, proxy_loss, search_clip, search_scale
+from methods.awq import (candidate_scales, can_fold, factor_loss, fold_scale, gram_factor, proxy_loss, search_clip,
+                         search_scale)
+from methods.capture import forward_dtype
 from methods.capture import InputStats, decoder_layers
 from methods.mappings import ArchMapping, mapping_for
-from methods.quantizer import Bounds, QuantizedWeight, QuantSpec, fake_quantize, group_absmax, group_minmax
+from methods.quantizer import (PER_CHANNEL, Bounds, QuantizedWeight, QuantSpec, fake_quantize, group_absmax,
+                               group_minmax, range_qparams, rounding_error)
 from methods.targets import target_linears
 from tests.conftest import tiny_model
 from tests.methods.helpers import method_cfg, random_calib
@@ -41,6 +44,57 @@ def test_gram_proxy_equals_direct_output_error():
     st = InputStats.empty(48)
     st.add(x.float())  # the float32 Gram the method actually uses
     torch.testing.assert_close(proxy_loss(E.float(), st.gram), direct.float(), rtol=1e-4, atol=0)
+
+
+def test_factored_proxy_equals_gram_proxy_and_survives_bf16():
+    """‖E L‖² with L Lᵀ = G is the proxy; rounded to bf16 it stays close where rounding G itself does
+    not: inputs with a large shared mean and errors orthogonal to it (their loss is all in the small
+    directions), plus a dead input channel (G singular)."""
+    gen = torch.Generator().manual_seed(3)
+    mu = torch.full((96,), 30.0, dtype=torch.float64)
+    x = mu + torch.randn(2000, 96, generator=gen, dtype=torch.float64)
+    x[:, 7] = 0
+    E = torch.randn(4, 40, 96, generator=gen, dtype=torch.float64)
+    E -= (E @ mu).unsqueeze(-1) * mu / mu.dot(mu)
+    G = x.T @ x
+    exact = proxy_loss(E.clone(), G)
+    L = gram_factor(G.float())
+    torch.testing.assert_close(factor_loss(E.float(), L).double(), exact, rtol=1e-3, atol=0)
+    rel = lambda loss: ((loss.double() - exact) / exact).abs().max().item()  # noqa: E731
+    in_bf16 = rel(factor_loss(E.bfloat16(), L.bfloat16()))
+    gram_in_bf16 = rel((E.bfloat16() @ G.bfloat16()).double().mul(E).sum(dim=(-1, -2)))
+    assert in_bf16 < 0.05 and gram_in_bf16 > 2 * in_bf16
+
+
+def test_gram_factor_of_batched_blocks():
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 200, 16, generator=gen)
+    G = x.transpose(-1, -2) @ x
+    L = gram_factor(G)
+    torch.testing.assert_close(L @ L.transpose(-1, -2), G, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_rounding_error_is_fake_quantize_minus_w(bits, symmetric):
+    spec = QuantSpec(bits, PER_CHANNEL, symmetric)
+    w = torch.randn(500, 32, generator=torch.Generator().manual_seed(bits))
+    w[0] = w[0].abs()  # a group with no negative weight
+    minmax = group_minmax(w, spec)
+    clip = Bounds(minmax.lo * 0.7, minmax.hi * 0.85)
+    scale, zero = range_qparams(minmax, spec, clip)
+    err = rounding_error(w, scale, zero, spec, out=torch.empty_like(w))
+    assert torch.equal(err, fake_quantize(w, spec, clip) - w)
+
+
+def test_scale_search_in_bf16_agrees_with_fp32():
+    """Under a bf16 calibration dtype the scale search ranks in bf16 (ranking_dtype): same pick here."""
+    _, w, st = planted_layer(seed=5)
+    _, best32, losses32 = search_scale(w, st, SPEC, n_grid=20)
+    with forward_dtype(torch.bfloat16):
+        _, best16, losses16 = search_scale(w, st, SPEC, n_grid=20)
+    assert best16 == best32
+    torch.testing.assert_close(losses16, losses32, rtol=2e-2, atol=0)
 
 
 def test_scale_search_beats_rtn_on_planted_salient_channels():
