@@ -36,8 +36,8 @@ from methods import onload
 from methods.block_loss import BlockLoss, record_inputs, rows_per_batch
 from methods.capture import InputStats, LayerwiseRunner, current_forward_dtype, layer_linears
 from methods.mappings import ArchMapping, ScaleGroup, mapping_for
-from methods.quantizer import (PER_CHANNEL, Bounds, Clip, QuantSpec, fake_quantize, group_absmax, group_minmax,
-                               range_qparams, rounding_error)
+from methods.quantizer import (PER_CHANNEL, Bounds, Clip, QuantSpec, clip_ratio, fake_quantize, group_absmax,
+                               group_minmax, range_qparams, rounding_error)
 from methods.registry import Method, MethodConfig, MethodError, QuantResult, choice, register
 from methods.targets import fake_quantize_linears, peak_rss_mb, prepare_targets
 
@@ -45,12 +45,10 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class AWQConfig(MethodConfig):
-    name: str = "awq"
-    n_grid: int = 20  # α grid for the scale search, and ratio grid for the clip search
-    duo_scaling: bool = True  # s = s_x^α / s_w^(1-α); on: it closed more of RTN's gap at w4 and w3 (README)
-    scale: bool = True
-    clip: bool = True
+class ClipSearchConfig(MethodConfig):
+    """The clip search's settings (``search_clip``), for every method that runs it (AWQ, GPTQ)."""
+    n_grid: int = 20  # ratio grid for the clip search (and AWQ's α grid for the scale search)
+    clip: bool = True  # search each (row, group)'s range; GPTQ keeps the ranges as shares of each group's
     max_shrink: float = 0.5  # clip ratios tried: 1, 1 - 1/n_grid, ..., 1 - max_shrink
     # asymmetric: each group's max and min shrunk separately (every pair of ratios); symmetric: one
     # bound ±c, the reference AWQ's clip. Asymmetric closed more of RTN's gap at w4 and w3 (README).
@@ -61,12 +59,21 @@ class AWQConfig(MethodConfig):
     # clip passes that rescore each group with its error's cross terms to the other groups (the full
     # Gram matrix, not only its diagonal blocks; search_clip); one closed more of RTN's gap (README)
     clip_refine: int = 1
+
+
+@dataclass
+class AWQConfig(ClipSearchConfig):
+    name: str = "awq"
+    duo_scaling: bool = True  # s = s_x^α / s_w^(1-α); on: it closed more of RTN's gap at w4 and w3 (README)
+    scale: bool = True
     loss: str = choice("linear", "block")  # what the scale search minimises (module docstring)
     block_samples: int = 8  # calibration windows the block loss runs on (spread over all batches)
     # each layer searched on the outputs of the already-quantized layers before it (GPTQ's order)
     # instead of the full-precision ones
     sequential: bool = False
     batch_size: int = 8  # calibration windows per forward pass
+
+
 _CHUNK_ELEMENTS = 1 << 26  # bound the batched candidate tensors (~256 MB in fp32)
 
 
@@ -425,6 +432,13 @@ def scale_layer(layer, linears: dict, stats: dict, mapping: ArchMapping, spec: Q
         info[f"alpha[{group.prev}]"] = best / cfg.n_grid
         info[f"loss_vs_rtn[{group.prev}]"] = float(losses[best] / losses[0].clamp_min(1e-30))
     return info
+
+
+def clip_ratios(linears: dict, stats: dict, mapping: ArchMapping, spec: QuantSpec, cfg) -> dict:
+    """``clip_layer``'s ranges as shares of each group's range (``quantizer.clip_ratio``): what GPTQ
+    keeps while its updates change the weights."""
+    clips = clip_layer(linears, stats, mapping, spec, cfg)
+    return {n: clip_ratio(c, linears[n].weight, spec) for n, c in clips.items()}
 
 
 def clip_layer(linears: dict, stats: dict, mapping: ArchMapping, spec: QuantSpec, cfg) -> dict:

@@ -18,12 +18,11 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from methods.awq import AWQConfig, check_search, clip_layer, collect_layer, scale_layer
+from methods.awq import AWQConfig, check_search, clip_ratios, collect_layer, scale_layer
 from methods import onload
 from methods.capture import LayerwiseRunner
 from methods.gptq import GPTQConfig, gptq_layer
 from methods.mappings import mapping_for
-from methods.quantizer import clip_ratio
 from methods.registry import Method, MethodError, QuantResult, register
 from methods.targets import fake_quantize_linears, peak_rss_mb, prepare_targets
 
@@ -33,9 +32,6 @@ log = logging.getLogger(__name__)
 @dataclass
 class AWQGPTQConfig(AWQConfig, GPTQConfig):
     name: str = "awq_gptq"
-    # AWQ's (two-sided) clip ranges carried into GPTQ, as shares of each group's range; off: GPTQ's own
-    # min/max ranges. On closed more of RTN's gap at w4 and w3 (README).
-    clip: bool = True
     sequential: bool = True  # always: GPTQ's order, each layer fed by the quantized ones before it
 
 
@@ -74,10 +70,7 @@ class AWQThenGPTQ(Method):
         info = {"layer": f"{mapping.layers}.{i}"}
         if cfg.scale:
             info.update(scale_layer(layer, linears, stats, mapping, spec, cfg, skipped, block_inputs))
-        ratios = {}
-        if cfg.clip:
-            clips = clip_layer(linears, stats, mapping, spec, cfg)
-            ratios = {n: clip_ratio(c, linears[n].weight, spec) for n, c in clips.items()}
+        ratios = clip_ratios(linears, stats, mapping, spec, cfg) if cfg.clip else {}
         layer_q, layer_stats = gptq_layer(linears, stats, spec, cfg, ratios)
         qweights.update({f"{mapping.layers}.{i}.{n}": qw for n, qw in layer_q.items()})
         info["gptq_loss"] = sum(s["gptq_loss"] for s in layer_stats)

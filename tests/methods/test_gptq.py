@@ -193,3 +193,11 @@ def test_two_sided_clip_ratios_bound_each_side_of_every_group():
     torch.testing.assert_close(clip_of(clip_ratio(clip, w, spec), w, spec), clip)
     off, _ = gptq_quantize(w, H, spec, act_order="off", clip_ratio=ratio)
     assert off.scale.mean() < gptq_quantize(w, H, spec, act_order="off")[0].scale.mean()
+
+
+def test_gptq_ranges_from_the_clip_search_lower_the_output_error():
+    from tests.methods.test_awq_gptq import _logit_error
+
+    searched = _logit_error("gptq", block_size=32)  # clip=true, the default
+    min_max = _logit_error("gptq", block_size=32, clip=False)
+    assert searched < min_max, (searched, min_max)
