@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class AWQGPTQConfig(AWQConfig, GPTQConfig):
     name: str = "awq_gptq"
+    clip_refine: int = 0  # as for GPTQ: with it, GPTQ's updates did better on the first pass's ranges (README)
     sequential: bool = True  # always: GPTQ's order, each layer fed by the quantized ones before it
 
 

@@ -40,8 +40,8 @@ ORDERS = ("static", "off", "group")  # act_order's values, the default first
 class GPTQConfig(ClipSearchConfig):
     name: str = "gptq"
     # each (row, group)'s range from AWQ's clip search on the layer's Hessian before GPTQ starts
-    # (``clip``): it closed more of RTN's gap than GPTQ's min/max ranges at w4 and w3 (README); the
-    # refining passes did not help GPTQ
+    # (``clip``): it closed more of RTN's gap than GPTQ's min/max ranges at w4 and w3 (README); a
+    # refining pass closed less
     clip_refine: int = 0
     # With 32 x 256-token calibration windows, the paper's damp 0.01 without act_order overfit the
     # calibration text: worse than RTN on held-out German/Spanish/Portuguese/Russian (README, #4).
