@@ -18,9 +18,10 @@ nonlinearities included; methods/block_loss.py) on ``block_samples`` calibration
 group whose only consumers are its Linears (v→o, up→down) both are the same quantity and the
 proxy is used. The clip search always uses the proxy, group by group, then (``clip_refine``) with
 each group's cross terms to the rest of its row. Both searches evaluate the proxy as ``‖E L‖²``
-with ``L Lᵀ = G`` (``gram_factor``), in bf16 when the calibration runs in bf16. Inputs to later layers come from the
-full-precision (scaled) model, the layer's FP outputs since scaling is exact; with ``sequential``
-from the quantized layers instead, so that each layer's search sees the error upstream.
+with ``L Lᵀ = G`` (``gram_factor``), in bf16 when the calibration runs in bf16. Inputs to later
+layers come from the full-precision (scaled) model, the layer's FP outputs since scaling is exact;
+with ``sequential`` from the quantized layers instead, so that each layer's search sees the error
+upstream.
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 class ClipSearchConfig(MethodConfig):
     """The clip search's settings (``search_clip``), for every method that runs it (AWQ, GPTQ)."""
     n_grid: int = 20  # ratio grid for the clip search (and AWQ's α grid for the scale search)
-    clip: bool = True  # search each (row, group)'s range; GPTQ keeps the ranges as shares of each group's
+    clip: bool = True  # search each (row, group)'s range (GPTQ keeps it as a share of the group's range)
     max_shrink: float = 0.5  # clip ratios tried: 1, 1 - 1/n_grid, ..., 1 - max_shrink
     # asymmetric: each group's max and min shrunk separately (every pair of ratios); symmetric: one
     # bound ±c, the reference AWQ's clip. Asymmetric closed more of RTN's gap at w4 and w3 (README).

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class AWQGPTQConfig(AWQConfig, GPTQConfig):
     name: str = "awq_gptq"
-    clip_refine: int = 0  # as for GPTQ: with it, GPTQ's updates did better on the first pass's ranges (README)
+    clip_refine: int = 0  # as in gptq: GPTQ did better on the first clip pass's ranges than on refined ones (README)
     sequential: bool = True  # always: GPTQ's order, each layer fed by the quantized ones before it
 
 
