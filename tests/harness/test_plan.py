@@ -22,6 +22,8 @@ def test_an_unknown_name_in_variants_names_the_choices(tmp_path, tiny_llama_dir)
 
 
 def test_overrides_reach_only_the_variants_that_have_the_field(tmp_path, tiny_llama_dir):
-    plan = plan_mod.build(tiny_cfg(tiny_llama_dir, tmp_path, "method=awq", "method.n_grid=5", "variants=[awq,gptq]"))
+    plan = plan_mod.build(tiny_cfg(tiny_llama_dir, tmp_path, "method=awq", "method.n_grid=5",
+                                   "method.duo_scaling=false", "variants=[awq,gptq]"))
     by_name = {v.name: v.method for v in plan}
-    assert by_name["awq"].n_grid == 5 and "n_grid" not in by_name["gptq"]
+    assert by_name["awq"].duo_scaling is False and "duo_scaling" not in by_name["gptq"]
+    assert by_name["awq"].n_grid == by_name["gptq"].n_grid == 5  # the clip search's grid: both have it
