@@ -194,7 +194,8 @@ def search_clip(weight: torch.Tensor, stats: InputStats, spec: QuantSpec, max_sh
     EL = torch.empty_like(E_low)
 
     W_rows = Wg.view(-1, g)
-    minmax = group_minmax(W_rows, flat)
+    full = group_minmax(W, spec)  # [out, ng] each: what the candidate clips shrink
+    minmax = full.map(_group_major)  # the same, one value per row of W_rows
 
     def error(clip: Clip, cross: torch.Tensor | None = None) -> torch.Tensor:  # [ng, out]
         rows = clip.map(_group_major) if isinstance(clip, Bounds) else _group_major(clip)
@@ -206,9 +207,10 @@ def search_clip(weight: torch.Tensor, stats: InputStats, spec: QuantSpec, max_sh
 
     one_sided = spec.symmetric or not two_sided
     if one_sided:
-        best = _search_one_sided(W, spec, max_shrink, n_grid, error)
+        absmax = group_absmax(W, spec)
+        best = _search_one_sided(absmax, max_shrink, n_grid, error)
     else:
-        best, shrink = _search_two_sided(W, spec, max_shrink, n_grid, error)
+        best, shrink = _search_two_sided(full, max_shrink, n_grid, error)
     if refine:
         E_full = fake_quantize(W, spec, best) - W  # [out, in], with E_full @ G and each row's e G eᵀ
         EG_full = E_full @ gram
@@ -217,9 +219,9 @@ def search_clip(weight: torch.Tensor, stats: InputStats, spec: QuantSpec, max_sh
         cross = _to_group_major(EG_full, ng).sub_(torch.bmm(_to_group_major(E_full, ng), blocks))
         with_cross = lambda c: error(c, cross)  # noqa: E731
         if one_sided:
-            cand = _search_one_sided(W, spec, max_shrink, n_grid, with_cross)
+            cand = _search_one_sided(absmax, max_shrink, n_grid, with_cross)
         else:
-            cand, cand_shrink = _search_two_sided(W, spec, max_shrink, n_grid, with_cross, around=shrink)
+            cand, cand_shrink = _search_two_sided(full, max_shrink, n_grid, with_cross, around=shrink)
         E_new = fake_quantize(W, spec, cand) - W
         EG_new = E_new @ gram
         new_err = (EG_new * E_new).sum(dim=-1, keepdim=True)
@@ -232,8 +234,8 @@ def search_clip(weight: torch.Tensor, stats: InputStats, spec: QuantSpec, max_sh
     return best
 
 
-def _search_one_sided(W, spec, max_shrink, n_grid, error) -> torch.Tensor:
-    absmax = group_absmax(W, spec)
+def _search_one_sided(absmax, max_shrink, n_grid, error) -> torch.Tensor:
+    """The best bound ``r·absmax`` per group (``absmax``: ``group_absmax`` of the weight)."""
     return _pick([absmax * (1 - i / n_grid) for i in range(max(1, int(max_shrink * n_grid)))], error)
 
 
@@ -242,13 +244,13 @@ def _search_one_sided(W, spec, max_shrink, n_grid, error) -> torch.Tensor:
 REFINE_RADIUS = 2
 
 
-def _search_two_sided(W, spec, max_shrink, n_grid, error, around=None) -> tuple[Bounds, tuple]:
-    """The best clip and its (max, min) shrink ratios per group. From scratch: every pair on a grid
+def _search_two_sided(full: Bounds, max_shrink, n_grid, error, around=None) -> tuple[Bounds, tuple]:
+    """The best clip and its (max, min) shrink ratios per group (``full``: ``group_minmax`` of the
+    weight, the bounds that the ratios shrink). From scratch: every pair on a grid
     twice as coarse, then each group's 8 neighbours on the fine grid (25 + 8 error evaluations
     instead of 100 for the default grid, the same resolution). ``around`` (shrink ratios): the
     fine-grid pairs within ``REFINE_RADIUS`` steps of them."""
     steps = max(1, int(max_shrink * n_grid))
-    full = group_minmax(W, spec)
     top, step = (steps - 1) / n_grid, 1 / n_grid
 
     def clip(p):

@@ -236,7 +236,7 @@ class GPTQ(Method):
             with onload.held(runner.layers[i]):
                 linears = layer_linears(runner.layers[i])
                 stats = runner.collect_stats(i, linears, mapping)
-                ratios = clip_ratios(linears, stats, mapping, spec, cfg) if cfg.clip else None
+                ratios = clip_ratios(linears, stats, mapping, spec, cfg) if cfg.clip else {}
                 layer_q, layer_stats = gptq_layer(linears, stats, spec, cfg, ratios)
                 prefix = f"{mapping.layers}.{i}."
                 qweights.update({prefix + n: qw for n, qw in layer_q.items()})

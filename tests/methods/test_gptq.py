@@ -9,6 +9,7 @@ from methods.quantizer import (PER_CHANNEL, Bounds, QuantSpec, clip_of, clip_rat
 from methods.targets import target_linears
 from tests.conftest import tiny_model
 from tests.methods.helpers import method_cfg, random_calib
+from tests.methods.test_awq_gptq import _logit_error
 
 ARCHS = ["llama", "qwen2", "qwen3", "gemma3_text"]
 
@@ -196,8 +197,6 @@ def test_two_sided_clip_ratios_bound_each_side_of_every_group():
 
 
 def test_gptq_ranges_from_the_clip_search_lower_the_output_error():
-    from tests.methods.test_awq_gptq import _logit_error
-
     searched = _logit_error("gptq", block_size=32)  # clip=true, the default
     min_max = _logit_error("gptq", block_size=32, clip=False)
     assert searched < min_max, (searched, min_max)
