@@ -68,6 +68,8 @@ def test_public_contract_line(tiny_llama_dir, texts, tmp_path):
     (["method=awq", "method.clip_refine=-1"], "method.clip_refine=-1: choose a number of passes, 0 or more"),
     (["method=awq_gptq", "method.max_shrink=1.5"], "method.max_shrink=1.5: choose a share of the range in [0, 1)"),
     (["method=awq", "method.n_grid=0"], "method.n_grid=0: choose a whole number of grid points, at least 1"),
+    (["method=gptq", "method.max_shrink=-0.1"], "method.max_shrink=-0.1: choose a share of the range in [0, 1)"),
+    (["method=gptq", "method.clip_range=both"], "method.clip_range='both' is not valid for method=gptq; choose one of: asymmetric, symmetric"),
     (["method=gptq", "method.act_order=desc"], "method.act_order='desc' is not valid for method=gptq; choose one of: static, off, group"),
     (["method=hqq", "method.symmetric=true"], "method=hqq optimises asymmetric zero points"),
     (["method=hqq", "export.dir=/tmp/qh-never-written"], "export.dir: hqq's optimised zero points are fractional"),
