@@ -72,13 +72,14 @@ offload-demo: install
 sweep: install
 	$(PY) -m harness --multirun method=fp,rtn $(ARGS)
 
-# the nightly: the sweep, the regression check against the baseline, then the serving tests (the
-# exported checkpoint through our reader and transformers). Every step runs; the target fails if any
-# did. NIGHTLY_DIR=results/nightly/<stamp> resumes a crashed one.
+# the nightly: the sweep, the regression check against the baseline of its compute dtype (fp32 or
+# bf16, results/baselines/), then the serving tests (the exported checkpoint through our reader and
+# transformers). Every step runs; the target fails if any did. NIGHTLY_DIR=results/nightly/<stamp>
+# resumes a crashed one.
 nightly: install $(SERVING_VENV)/.installed
 	@status=0; dir="$${NIGHTLY_DIR:-results/nightly/$$(date -u +%Y-%m-%d_%H-%M-%S)}"; \
 	$(PY) -m harness --multirun +experiment=nightly hydra.sweep.dir="$$dir" || status=1; \
-	$(PY) -m harness.regress --baseline results/baselines/smollm2-135m-nightly.csv --current "$$dir" || status=1; \
+	$(PY) -m harness.regress --baseline results/baselines/smollm2-135m-nightly*.csv --current "$$dir" || status=1; \
 	$(SERVING_PY) -m pytest -q -rs tests/harness/test_serving_check.py || status=1; \
 	exit $$status
 

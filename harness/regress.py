@@ -1,4 +1,4 @@
-"""Nightly regression check: ``python -m harness.regress --baseline FILE --current RUN_OR_DIR``.
+"""Nightly regression check: ``python -m harness.regress --baseline FILE... --current RUN_OR_DIR``.
 
 Matches every metric of the baseline (model, variant, suite, task, metric) in the current results
 and prints a diff table. Exit 1 when any metric degrades beyond its tolerance, 0 otherwise, 2 on
@@ -67,10 +67,20 @@ def _row(key, b, c, cfg: RegressConfig, min_recovery: float | None) -> dict:
 COLUMNS = KEY + ["baseline", "current", "change", "tolerance", "tolerance rule", "recovery", "recovery rule", "status"]
 
 
+def _dtypes(f: pd.DataFrame) -> list[str]:
+    return sorted(set(f["compute_dtype"].dropna())) if "compute_dtype" in f else []
+
+
+def matching_baseline(baselines: list[pd.DataFrame], current: pd.DataFrame) -> pd.DataFrame:
+    """Of several baselines (one per compute dtype, as checked in), the one computed in the current
+    results' dtype; the first when none is (``diff`` then refuses it with one line)."""
+    return next((b for b in baselines if _dtypes(b) == _dtypes(current)), baselines[0])
+
+
 def _check_same_compute_dtype(baseline: pd.DataFrame, current: pd.DataFrame) -> None:
     """bf16 and fp32 evaluation differ by more than the perplexity tolerance (README: the bf16 vs fp32
     tables), so a baseline only judges runs of its own compute dtype."""
-    dtypes = [sorted(set(f["compute_dtype"].dropna())) if "compute_dtype" in f else [] for f in (baseline, current)]
+    dtypes = [_dtypes(f) for f in (baseline, current)]
     if all(dtypes) and dtypes[0] != dtypes[1]:
         raise HarnessError(f"the baseline was computed in {', '.join(dtypes[0])} and the current results in "
                            f"{', '.join(dtypes[1])}: rerun with model.compute_dtype={dtypes[0][0]}, or save a baseline "
@@ -112,7 +122,8 @@ def failed(table: pd.DataFrame) -> bool:
 def main(argv=None) -> int:
     defaults = RegressConfig()
     ap = argparse.ArgumentParser(prog="python -m harness.regress", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--baseline", help="baseline results (.csv/.parquet file, run dir or store)")
+    ap.add_argument("--baseline", nargs="+", help="baseline results (.csv/.parquet file, run dir or store); "
+                    "several: the one computed in the current results' compute dtype (fp32 or bf16)")
     ap.add_argument("--current", required=True, help="current results (run dir, sweep dir, results file or store)")
     ap.add_argument("--ppl-rel-tol", type=float, default=defaults.ppl_rel_tol,
                     help=f"relative rise allowed for perplexity-like metrics (default {defaults.ppl_rel_tol})")
@@ -138,8 +149,9 @@ def main(argv=None) -> int:
             raise HarnessError("tolerances must be >= 0")
         if args.min_recovery is not None and not 0 < args.min_recovery <= 1:
             raise HarnessError(f"--min-recovery must be in (0, 1], got {args.min_recovery:g}")
-        table = diff(store.read_any(args.baseline, "baseline"), store.read_any(args.current, "current"), cfg,
-                     args.min_recovery)
+        current = store.read_any(args.current, "current")
+        baseline = matching_baseline([store.read_any(b, "baseline") for b in args.baseline], current)
+        table = diff(baseline, current, cfg, args.min_recovery)
     except HarnessError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

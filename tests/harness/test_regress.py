@@ -119,3 +119,27 @@ def test_another_compute_dtype_is_one_line_not_a_wall_of_regressions(tmp_path, c
     assert run("--baseline", BASELINE, "--current", tmp_path / "cur.csv") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "computed in fp32" in err[0] and "in bf16" in err[0] and "model.compute_dtype=fp32" in err[0]
+
+
+def test_of_several_baselines_the_one_in_the_current_compute_dtype_judges(tmp_path, capsys):
+    fp32 = pd.read_csv(BASELINE)
+    bf16 = fp32.copy()
+    bf16["compute_dtype"] = "bf16"
+    ppl = bf16.metric.map(results.lower_is_better) & (bf16.method != "fp")
+    bf16.loc[ppl, "value"] *= 1.2  # its own numbers: a bf16 run matching them passes, fp32's would fail it
+    bf16.to_csv(tmp_path / "base-bf16.csv", index=False)
+    both = [BASELINE, tmp_path / "base-bf16.csv"]
+    for order in (both, both[::-1]):
+        assert run("--baseline", *order, "--current", tmp_path / "base-bf16.csv") == 0
+        assert run("--baseline", *order, "--current", BASELINE) == 0
+    capsys.readouterr()
+    worse = bf16.copy()
+    worse.loc[ppl, "value"] *= 1.05
+    worse.to_csv(tmp_path / "cur.csv", index=False)
+    assert run("--baseline", *both, "--current", tmp_path / "cur.csv") == 1
+    fp16 = fp32.assign(compute_dtype="fp16")
+    fp16.to_csv(tmp_path / "fp16.csv", index=False)
+    capsys.readouterr()
+    assert run("--baseline", *both, "--current", tmp_path / "fp16.csv") == 2  # no baseline in its dtype
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "in fp16" in err[0]
