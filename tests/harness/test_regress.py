@@ -22,10 +22,15 @@ def nightly_methods():
     return set(str(conf.hydra.sweeper.params.method).split(","))
 
 
-def test_checked_in_baseline_passes_against_itself(capsys):
-    base = pd.read_csv(BASELINE)
+BASELINES = sorted(BASELINE.parent.glob("smollm2-135m-nightly*.csv"))  # what `make nightly` passes
+
+
+@pytest.mark.parametrize("path", BASELINES, ids=[p.stem for p in BASELINES])
+def test_checked_in_baseline_passes_against_itself(capsys, path):
+    base = pd.read_csv(path)
     assert "fp" in set(base.method) <= nightly_methods() and (base.model == "smollm2-135m").all()
-    assert run("--baseline", BASELINE, "--current", BASELINE) == 0
+    assert len(set(base.compute_dtype)) == 1
+    assert run("--baseline", *BASELINES, "--current", path) == 0
     out = capsys.readouterr().out
     assert "REGRESSED" not in out and f"{len(base)} ok" in out
 
