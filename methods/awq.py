@@ -383,11 +383,12 @@ def check_search(cfg) -> None:
         raise MethodError(f"method.clip_refine={cfg.clip_refine}: choose a number of passes, 0 or more")
 
 
-def collect_layer(runner: LayerwiseRunner, i: int, mapping: ArchMapping, cfg, also_advance: bool):
-    """Layer ``i``'s Linears, their input statistics and (for ``loss=block``) the recorded block inputs,
-    from one forward pass over the calibration windows."""
+def collect_layer(runner: LayerwiseRunner, i: int, mapping: ArchMapping, cfg, also_advance: bool,
+                  linears: dict | None = None):
+    """Layer ``i``'s Linears (or the given ones), their input statistics and (for ``loss=block``) the
+    recorded block inputs, from one forward pass over the calibration windows."""
     layer = runner.layers[i]
-    linears = layer_linears(layer)
+    linears = layer_linears(layer) if linears is None else linears
     blocks = block_names(layer, linears, mapping) if cfg.scale and cfg.loss == "block" else []
     with record_inputs(layer, blocks, rows_per_batch(cfg.block_samples, len(runner.hidden))) as block_inputs:
         stats = runner.collect_stats(i, linears, mapping, also_advance=also_advance)
@@ -413,9 +414,10 @@ def block_score(layer, group: ScaleGroup, linears: dict, inputs) -> Callable[[to
 
 
 def scale_layer(layer, linears: dict, stats: dict, mapping: ArchMapping, spec: QuantSpec, cfg, skipped: set,
-                block_inputs: dict | None = None) -> dict:
-    """Search and fold the scale of every foldable group of one decoder layer; returns its evidence
-    (α and loss vs RTN per group)."""
+                block_inputs: dict | None = None, scales: dict | None = None) -> dict:
+    """Search and fold the scale of every foldable group of ``linears`` (all of one decoder layer's, or
+    some); returns its evidence (α and loss vs RTN per group). ``scales``, if given, receives each
+    folded scale under its group's ``prev``."""
     info = {}
     for group in mapping.scale_groups:
         if not all(n in linears for n in group.linears):
@@ -430,6 +432,8 @@ def scale_layer(layer, linears: dict, stats: dict, mapping: ArchMapping, spec: Q
             score = block_score(layer, group, linears, block_inputs[group.block])
         scale, best, losses = search_scale(W, st, spec, cfg.n_grid, cfg.duo_scaling, score)
         fold_scale(layer, group, scale, mapping)
+        if scales is not None:
+            scales[group.prev] = scale
         st.gram.div_(scale.view(-1, 1) * scale.view(1, -1))  # inputs are now x / s
         st.abs_sum.div_(scale)
         info[f"alpha[{group.prev}]"] = best / cfg.n_grid

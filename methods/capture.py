@@ -126,6 +126,19 @@ def layer_linears(layer: nn.Module) -> dict[str, nn.Linear]:
     return {n: m for n, m in layer.named_modules() if isinstance(m, nn.Linear)}
 
 
+def input_set_stages(linears: dict[str, nn.Linear], mapping: ArchMapping) -> list[dict[str, nn.Linear]]:
+    """The layer's Linears split by shared input, in the order the layer runs them (the mapping's input
+    sets, then any other Linear alone): the stages of a "true-sequential" pass, where each input set's
+    statistics are collected after the sets before it are quantized."""
+    stages, placed = [], set()
+    for names in mapping.input_sets:
+        stage = {n: linears[n] for n in names if n in linears}
+        if stage:
+            stages.append(stage)
+            placed |= set(stage)
+    return stages + [{n: lin} for n, lin in linears.items() if n not in placed]
+
+
 def layer_output(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 

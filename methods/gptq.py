@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from methods import onload
 from methods.awq import ClipSearchConfig, check_search, clip_ratios
-from methods.capture import LayerwiseRunner, layer_linears
+from methods.capture import LayerwiseRunner, input_set_stages, layer_linears
 from methods.mappings import mapping_for
 from methods.quantizer import (PER_CHANNEL, Bounds, Clip, QuantizedWeight, QuantSpec, clip_of, codes_for,
                                compute_qparams)
@@ -48,6 +48,10 @@ class GPTQConfig(ClipSearchConfig):
     damp_percent: float = 0.1
     block_size: int = 128
     act_order: str = choice(*ORDERS)  # column order (module docstring)
+    # within each layer, collect an input set's statistics only after the sets before it are quantized
+    # (q/k/v, then o_proj, gate/up, down_proj), instead of all from the layer's full-precision pass. Off
+    # for plain GPTQ: level at w4 and w3 (README); on in awq_gptq, where it helps the scale search.
+    true_sequential: bool = False
     batch_size: int = 8
 
 
@@ -196,7 +200,8 @@ def _stacked_ratios(ratios: list, linears: list, spec: QuantSpec) -> Clip:
 def gptq_layer(linears: dict, stats: dict, spec: QuantSpec, cfg, clip_ratios: dict | None = None):
     """GPTQ on every Linear of one decoder layer, in place. Linears reading the same input share one
     Hessian and GPTQ treats rows independently, so one call on their stacked rows equals separate
-    calls and the column loop runs once. Returns ({name: QuantizedWeight}, per-input-set stats)."""
+    calls and the column loop runs once. Returns ({name: QuantizedWeight}, per-input-set stats); the
+    caller keeps the codes only where ``onload.keeps_codes``."""
     qweights, out = {}, []
     for names in _input_sets(linears, stats):
         st = stats[names[0]]
@@ -212,10 +217,15 @@ def gptq_layer(linears: dict, stats: dict, spec: QuantSpec, cfg, clip_ratios: di
             part = qw.rows(rows, rows + lin.out_features)
             rows += lin.out_features
             lin.weight.data.copy_(part.dequantize().to(lin.weight.dtype))
-            if onload.keeps_codes(lin):
-                qweights[n] = part
+            qweights[n] = part
         out.append({"layer": "+".join(names), "gptq_loss": loss})
     return qweights, out
+
+
+def layer_stages(linears: dict, mapping, cfg) -> list[dict]:
+    """The groups of a layer's Linears quantized one after another: every input set in turn with
+    ``true_sequential``, else all at once from one pass."""
+    return input_set_stages(linears, mapping) if cfg.true_sequential else [linears]
 
 
 @register("gptq", GPTQConfig)
@@ -235,13 +245,14 @@ class GPTQ(Method):
         for i in tqdm(range(len(runner.layers)), desc="gptq: layers", unit="layer"):
             with onload.held(runner.layers[i]):
                 linears = layer_linears(runner.layers[i])
-                stats = runner.collect_stats(i, linears, mapping)
-                ratios = clip_ratios(linears, stats, mapping, spec, cfg) if cfg.clip else {}
-                layer_q, layer_stats = gptq_layer(linears, stats, spec, cfg, ratios)
                 prefix = f"{mapping.layers}.{i}."
-                qweights.update({prefix + n: qw for n, qw in layer_q.items()})
+                for stage in layer_stages(linears, mapping, cfg):
+                    stats = runner.collect_stats(i, stage, mapping)
+                    ratios = clip_ratios(stage, stats, mapping, spec, cfg) if cfg.clip else {}
+                    layer_q, layer_stats = gptq_layer(stage, stats, spec, cfg, ratios)
+                    qweights.update({prefix + n: qw for n, qw in layer_q.items() if onload.keeps_codes(stage[n])})
+                    stats_out.extend({**st, "layer": prefix + st["layer"]} for st in layer_stats)
                 done.update(prefix + n for n in linears)
-                stats_out.extend({**st, "layer": prefix + st["layer"]} for st in layer_stats)
                 runner.advance(i)  # the next layer sees this layer's quantized outputs
         rest = {n: m for n, m in targets.items() if n not in done}
         if rest:

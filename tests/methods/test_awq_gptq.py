@@ -1,9 +1,11 @@
+import pytest
 import torch
 
 import methods
 from methods.awq import search_scale
-from methods.capture import InputStats
+from methods.capture import InputStats, input_set_stages, layer_linears
 from methods.gptq import gptq_quantize
+from methods.mappings import mapping_for
 from methods.quantizer import QuantSpec, fake_quantize
 from methods.targets import target_linears
 from tests.conftest import tiny_model
@@ -73,3 +75,34 @@ def test_awq_gptq_is_always_sequential():
 
     with pytest.raises(methods.MethodError, match="always calibrates"):
         methods.get("awq_gptq").check_config(method_cfg("awq_gptq", sequential=False))
+
+
+def _quantized_tiny(name, **kw):
+    model = tiny_model("llama", vocab_size=256, num_key_value_heads=4)  # MHA: v→o folds too
+    res = methods.get(name).quantize(model, random_calib(), method_cfg(name, n_grid=6, block_size=16, **kw))
+    return model, res
+
+
+@pytest.mark.parametrize("name", ["gptq", "awq_gptq"])
+def test_true_sequential_feeds_each_input_set_from_the_sets_quantized_before_it(name):
+    (ts, ts_res), (one, _) = _quantized_tiny(name, true_sequential=True), _quantized_tiny(name, true_sequential=False)
+    first = lambda model, n: model.get_submodule(f"model.layers.0.{n}").weight  # noqa: E731
+    # q/k/v read the layer's input either way (v_proj also takes o_proj's scale in awq_gptq, folded
+    # before GPTQ without true_sequential and into its codes after GPTQ with it)
+    same = ("self_attn.q_proj", "self_attn.k_proj") + (("self_attn.v_proj",) if name == "gptq" else ())
+    for n in same:
+        assert torch.equal(first(ts, n), first(one, n)), n
+    for n in ("self_attn.o_proj", "mlp.down_proj"):  # inputs from the quantized sets before them
+        assert not torch.equal(first(ts, n), first(one, n)), n
+    for n, lin in target_linears(ts).items():  # scales folded into quantized v/up_proj kept their codes
+        torch.testing.assert_close(lin.weight, ts_res.qweights[n].dequantize(), rtol=0, atol=0)
+
+
+def test_input_set_stages_follow_the_layer_and_keep_unmapped_linears():
+    model = tiny_model("llama", vocab_size=256)
+    linears = layer_linears(model.model.layers[0])
+    linears["extra"] = torch.nn.Linear(4, 4)
+    stages = input_set_stages(linears, mapping_for(model))
+    assert [list(s) for s in stages] == [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+                                         ["self_attn.o_proj"], ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"],
+                                         ["extra"]]
