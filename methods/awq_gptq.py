@@ -2,9 +2,8 @@
 one pass over the layers: the combination toolkits chain as two runs (scale first, error
 compensation second).
 
-Per decoder layer, fed by the already-quantized layers before it, and with ``true_sequential`` (the
-default) per input set within it (q/k/v, o_proj, gate/up, down_proj), each fed by the sets quantized
-before it:
+Per decoder layer, fed by the already-quantized layers before it, and with ``true_sequential`` per
+input set within it (q/k/v, o_proj, gate/up, down_proj), each fed by the sets quantized before it:
 1. collect the input statistics (and the block inputs for ``loss=block``);
 2. AWQ's scale search and fold (methods/awq.py); the Gram matrices follow the fold (inputs x / s). A
    scale folded into a Linear that is already quantized (up_proj before down_proj) divides its
@@ -38,9 +37,6 @@ log = logging.getLogger(__name__)
 class AWQGPTQConfig(AWQConfig, GPTQConfig):
     name: str = "awq_gptq"
     clip_refine: int = 0  # as in gptq: GPTQ did better on the first clip pass's ranges than on refined ones (README)
-    # the scale search sees the quantized input sets before it within the layer: at w3 it took the
-    # combination to at or below min(awq, gptq) on 9 of 10 shipped texts, from 6 (README)
-    true_sequential: bool = True
     sequential: bool = True  # always: GPTQ's order, each layer fed by the quantized ones before it
 
 

@@ -49,8 +49,8 @@ class GPTQConfig(ClipSearchConfig):
     block_size: int = 128
     act_order: str = choice(*ORDERS)  # column order (module docstring)
     # within each layer, collect an input set's statistics only after the sets before it are quantized
-    # (q/k/v, then o_proj, gate/up, down_proj), instead of all from the layer's full-precision pass. Off
-    # for plain GPTQ: level at w4 and w3 (README); on in awq_gptq, where it helps the scale search.
+    # (q/k/v, then o_proj, gate/up, down_proj), instead of all from the layer's full-precision pass.
+    # Off: level with one pass for gptq and awq_gptq on the embedded model, over calibration seeds (README).
     true_sequential: bool = False
     batch_size: int = 8
 
