@@ -211,10 +211,13 @@ def search_clip(weight: torch.Tensor, stats: InputStats, spec: QuantSpec, max_sh
         best = _search_one_sided(absmax, max_shrink, n_grid, error)
     else:
         best, shrink = _search_two_sided(full, max_shrink, n_grid, error)
+    def full_error(clip: Clip):  # the error E [out, in] of a clip, E @ G, and each row's e G eᵀ
+        E_ = fake_quantize(W, spec, clip) - W
+        EG_ = E_ @ gram
+        return E_, EG_, (EG_ * E_).sum(dim=-1, keepdim=True)
+
     if refine:
-        E_full = fake_quantize(W, spec, best) - W  # [out, in], with E_full @ G and each row's e G eᵀ
-        EG_full = E_full @ gram
-        row_err = (EG_full * E_full).sum(dim=-1, keepdim=True)
+        E_full, EG_full, row_err = full_error(best)
     for _ in range(refine):
         cross = _to_group_major(EG_full, ng).sub_(torch.bmm(_to_group_major(E_full, ng), blocks))
         with_cross = lambda c: error(c, cross)  # noqa: E731
@@ -222,9 +225,7 @@ def search_clip(weight: torch.Tensor, stats: InputStats, spec: QuantSpec, max_sh
             cand = _search_one_sided(absmax, max_shrink, n_grid, with_cross)
         else:
             cand, cand_shrink = _search_two_sided(full, max_shrink, n_grid, with_cross, around=shrink)
-        E_new = fake_quantize(W, spec, cand) - W
-        EG_new = E_new @ gram
-        new_err = (EG_new * E_new).sum(dim=-1, keepdim=True)
+        E_new, EG_new, new_err = full_error(cand)
         keep = new_err < row_err  # [out, 1]
         best = _where(keep, cand, best)
         if not one_sided:
