@@ -71,8 +71,9 @@ class AWQThenGPTQ(Method):
     def _layer(self, runner, i, mapping, spec, cfg, skipped, stats_out, qweights) -> set[str]:
         """Steps 1-5 of the module docstring on decoder layer ``i``; returns its quantized Linears' names."""
         layer = runner.layers[i]
+        linears = layer_linears(layer)
         info, gptq_loss, layer_codes = {"layer": f"{mapping.layers}.{i}"}, 0.0, {}
-        for stage in layer_stages(layer_linears(layer), mapping, cfg):
+        for stage in layer_stages(linears, mapping, cfg):
             _, stats, block_inputs = collect_layer(runner, i, mapping, cfg, also_advance=False, linears=stage)
             if cfg.scale:
                 scales = {}
@@ -85,11 +86,11 @@ class AWQThenGPTQ(Method):
             layer_codes.update(stage_codes)
             gptq_loss += sum(s["gptq_loss"] for s in stage_stats)
         qweights.update({f"{mapping.layers}.{i}.{n}": qw for n, qw in layer_codes.items()
-                         if onload.keeps_codes(layer.get_submodule(n))})
+                         if onload.keeps_codes(linears[n])})
         info["gptq_loss"] = gptq_loss
         stats_out.append(info)
         runner.advance(i)
-        return {f"{mapping.layers}.{i}.{n}" for n in layer_linears(layer)}
+        return {f"{mapping.layers}.{i}.{n}" for n in linears}
 
 
 def _refold_codes(lin: torch.nn.Linear, qw: QuantizedWeight, scale: torch.Tensor) -> None:
