@@ -60,6 +60,10 @@ class ClipSearchConfig(MethodConfig):
     # clip passes that rescore each group with its error's cross terms to the other groups (the full
     # Gram matrix, not only its diagonal blocks; search_clip); one closed more of RTN's gap (README)
     clip_refine: int = 1
+    # share of the Gram matrix's mean diagonal added to its diagonal before the searches score
+    # candidates (as GPTQ's damp_percent does to its Hessian): less weight on the calibration inputs'
+    # correlations, which need not hold on other text
+    search_damp: float = 0.0
 
 
 @dataclass
@@ -83,6 +87,13 @@ def proxy_loss(E: torch.Tensor, gram: torch.Tensor, out: torch.Tensor | None = N
     ``out`` (E's shape and dtype): scratch space for E @ G, reused across calls."""
     EG = torch.matmul(E, gram) if out is None else torch.matmul(E, gram, out=out)
     return EG.mul_(E).sum(dim=(-1, -2))
+
+
+def damped(gram: torch.Tensor, damp: float) -> torch.Tensor:
+    """``G + damp·mean(diag G)·I`` (a new tensor; ``G`` itself when ``damp`` is 0)."""
+    if not damp:
+        return gram
+    return gram + damp * gram.diagonal().mean() * torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
 
 
 def gram_factor(gram: torch.Tensor) -> torch.Tensor:
@@ -126,7 +137,7 @@ def candidate_scales(x_mean: torch.Tensor, n_grid: int, w_mean: torch.Tensor | N
 
 
 def search_scale(weight: torch.Tensor, stats: InputStats, spec: QuantSpec, n_grid: int, duo: bool = False,
-                 score=None):
+                 score=None, damp: float = 0.0):
     """Best per-input-channel scale for the stacked weights [out, in] of one group.
     ``score(candidate weight [out, in])`` replaces the linear proxy when given (the block loss).
     Returns (scale [in], α index, losses per α)."""
@@ -143,7 +154,7 @@ def search_scale(weight: torch.Tensor, stats: InputStats, spec: QuantSpec, n_gri
         return scales[best], best, losses
     chunk = min(n_grid, max(1, _CHUNK_ELEMENTS // W.numel()))
     dtype = ranking_dtype()
-    factor = gram_factor(stats.gram).to(dtype)
+    factor = gram_factor(damped(stats.gram, damp)).to(dtype)
     # buffers for all chunks, every step in place: fresh ones cost more in page faults than in arithmetic
     E = torch.empty(chunk, *W.shape, device=W.device)
     E_low = E if dtype == E.dtype else torch.empty_like(E, dtype=dtype)
@@ -162,7 +173,7 @@ def search_scale(weight: torch.Tensor, stats: InputStats, spec: QuantSpec, n_gri
 
 
 def search_clip(weight: torch.Tensor, stats: InputStats, spec: QuantSpec, max_shrink: float, n_grid: int,
-                two_sided: bool = True, refine: int = 0) -> Clip:
+                two_sided: bool = True, refine: int = 0, damp: float = 0.0) -> Clip:
     """Per (output row, input group) clip minimising the row's output error ``e G eᵀ``, over shrink
     ratios r in ``[1 - max_shrink, 1]``.
 
@@ -181,7 +192,7 @@ def search_clip(weight: torch.Tensor, stats: InputStats, spec: QuantSpec, max_sh
     out_f, in_f = W.shape
     g = spec.group_len(in_f)
     ng = in_f // g
-    gram = stats.gram
+    gram = damped(stats.gram, damp)
     dtype = ranking_dtype()
     blocks = gram.view(ng, g, ng, g).diagonal(dim1=0, dim2=2).permute(2, 0, 1).contiguous()  # [ng, g, g]
     factors = gram_factor(blocks).to(dtype)
@@ -382,6 +393,8 @@ def check_search(cfg) -> None:
         raise MethodError(f"method.max_shrink={cfg.max_shrink}: choose a share of the range in [0, 1)")
     if cfg.clip_refine < 0:
         raise MethodError(f"method.clip_refine={cfg.clip_refine}: choose a number of passes, 0 or more")
+    if cfg.search_damp < 0:
+        raise MethodError(f"method.search_damp={cfg.search_damp}: choose a share of the mean diagonal, 0 or more")
 
 
 def collect_layer(runner: LayerwiseRunner, i: int, mapping: ArchMapping, cfg, also_advance: bool,
@@ -431,7 +444,7 @@ def scale_layer(layer, linears: dict, stats: dict, mapping: ArchMapping, spec: Q
         score = None
         if block_inputs and group.block in block_inputs:
             score = block_score(layer, group, linears, block_inputs[group.block])
-        scale, best, losses = search_scale(W, st, spec, cfg.n_grid, cfg.duo_scaling, score)
+        scale, best, losses = search_scale(W, st, spec, cfg.n_grid, cfg.duo_scaling, score, cfg.search_damp)
         fold_scale(layer, group, scale, mapping)
         if scales is not None:
             scales[group.prev] = scale
@@ -453,5 +466,6 @@ def clip_layer(linears: dict, stats: dict, mapping: ArchMapping, spec: QuantSpec
     """The clip search for every Linear of one layer (q/k too with ``clip_qk``)."""
     skip = () if cfg.clip_qk else mapping.attention_logits
     two_sided = cfg.clip_range == "asymmetric"
-    return {name: search_clip(lin.weight, stats[name], spec, cfg.max_shrink, cfg.n_grid, two_sided, cfg.clip_refine)
+    return {name: search_clip(lin.weight, stats[name], spec, cfg.max_shrink, cfg.n_grid, two_sided, cfg.clip_refine,
+                              cfg.search_damp)
             for name, lin in linears.items() if name.split(".")[-1] not in skip}

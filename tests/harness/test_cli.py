@@ -66,6 +66,8 @@ def test_public_contract_line(tiny_llama_dir, texts, tmp_path):
     (["method=awk"], "unknown method 'awk'; choose one of: awq, awq_clip, awq_gptq, awq_scale, fp, gptq, gptqmodel_awq, gptqmodel_gptq, hqq, llmc_awq, llmc_gptq, rtn, salience"),
     (["method=awq", "method.loss=mse"], "method.loss='mse' is not valid for method=awq; choose one of: linear, block"),
     (["method=awq", "method.clip_refine=-1"], "method.clip_refine=-1: choose a number of passes, 0 or more"),
+    (["method=awq_gptq", "method.search_damp=-0.1"],
+     "method.search_damp=-0.1: choose a share of the mean diagonal, 0 or more"),
     (["method=awq_gptq", "method.max_shrink=1.5"], "method.max_shrink=1.5: choose a share of the range in [0, 1)"),
     (["method=awq", "method.n_grid=0"], "method.n_grid=0: choose a whole number of grid points, at least 1"),
     (["method=gptq", "method.max_shrink=-0.1"], "method.max_shrink=-0.1: choose a share of the range in [0, 1)"),

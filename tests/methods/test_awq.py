@@ -325,3 +325,23 @@ def test_clip_refinement_never_raises_a_rows_full_output_error(two_sided):
     refined = row_errors(search_clip(w, st, SPEC, 0.5, 20, two_sided, refine=2))
     assert bool((refined <= first * (1 + 1e-5)).all())
     assert refined.sum() < 0.99 * first.sum()
+
+
+def test_search_damp_searches_on_the_gram_plus_its_share_of_the_mean_diagonal():
+    x, w, st = planted_layer(seed=11, in_f=64, out_f=16, salient=(3, 40))
+    w[::3, 5] = 1.0  # outliers give the clip search something to choose
+    damp = 0.5
+    before = st.gram.clone()
+    ridged = InputStats(st.gram + damp * st.gram.diagonal().mean() * torch.eye(64), st.abs_sum.clone(), st.tokens)
+    for two_sided in (False, True):
+        got = search_clip(w, st, SPEC, 0.5, 20, two_sided, refine=1, damp=damp)
+        want = search_clip(w, ridged, SPEC, 0.5, 20, two_sided, refine=1)
+        for a, b in zip(got if two_sided else [got], want if two_sided else [want]):
+            assert torch.equal(a, b)
+    s_got, best_got, losses_got = search_scale(w, st, SPEC, 20, duo=True, damp=damp)
+    s_want, best_want, losses_want = search_scale(w, ridged, SPEC, 20, duo=True)
+    assert best_got == best_want and torch.equal(s_got, s_want)
+    assert torch.allclose(losses_got, losses_want)
+    assert torch.equal(st.gram, before)  # the statistics are left as they were
+    # the ridge weighs every channel's error alike, so it must change what the undamped search scores
+    assert not torch.allclose(search_scale(w, st, SPEC, 20, duo=True)[2], losses_got)
