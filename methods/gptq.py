@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from methods import onload
-from methods.awq import ClipSearchConfig, check_search, clip_ratios
+from methods.awq import ClipSearchConfig, check_search, clip_ratios, damped
 from methods.capture import LayerwiseRunner, input_set_stages, layer_linears
 from methods.mappings import mapping_for
 from methods.quantizer import (PER_CHANNEL, Bounds, Clip, QuantizedWeight, QuantSpec, clip_of, codes_for,
@@ -110,11 +110,11 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec, 
     perm = column_order(torch.diag(H), mode, g)
     W, H = W[:, perm], H[perm][:, perm]
 
-    H += damp_percent * torch.mean(torch.diag(H)) * torch.eye(in_f, device=H.device)
+    H = damped(H, damp_percent)
     try:
         Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
     except torch.linalg.LinAlgError:  # badly conditioned: dampen harder rather than fail
-        H += 0.1 * torch.mean(torch.diag(H)) * torch.eye(in_f, device=H.device)
+        H = damped(H, 0.1)
         Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
 
     # The loop walks input columns: it works on the transpose, so that each column is one contiguous
