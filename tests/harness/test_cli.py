@@ -6,7 +6,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from harness.cli_checks import check_group_choices
 from harness.data import CALIB_DIR, EVAL_DIR
+from harness.errors import HarnessError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -79,6 +81,10 @@ def test_public_contract_line(tiny_llama_dir, texts, tmp_path):
     (["calib=poetry"], "unknown calib 'poetry'; choose one of:"),
     (["eval=huge"], "unknown eval 'huge'; choose one of: full, lm_eval, perplexity, quick"),
     (["method.bitz=3"], "unknown option method.bitz"),
+    (["method=awq", "method.duo_scaling=maybe"], "method.duo_scaling='maybe': expected true or false"),
+    (["method=awq", "method.n_grid=ten"], "method.n_grid='ten': expected a whole number"),
+    (["sanity.max_ppl_ratio=big"], "sanity.max_ppl_ratio='big': expected a number"),
+    (["eval.code.sandbox.wall_seconds=slow"], "eval.code.sandbox.wall_seconds='slow': expected a number"),
     (["method.bits=9"], "bits=9 is not supported; choose an integer in 2..8"),
     (["calib=file", "calib.path=/nonexistent/cal.txt"], "calibration file not found"),
     (["eval.texts=[/nonexistent/a.txt]"], "eval text not found"),
@@ -99,6 +105,17 @@ def test_bad_input_is_one_line_without_traceback(args, needle, tmp_path):
     assert "Traceback" not in r.stderr + r.stdout
     assert [ln for ln in r.stderr.splitlines() if ln.startswith("error:")] == [r.stderr.strip().splitlines()[-1]]
     assert not (out / "results.csv").exists() and not out.exists()
+
+
+def test_value_check_takes_what_hydra_takes():
+    ok = ["method=awq", "method.duo_scaling=Yes", "method.clip=0", "method.n_grid=1_0", "seed=0x10",
+          "sanity.max_ppl_ratio=inf", "method.max_shrink=3", "export.dir=null", "method.bits=4,3",
+          "method.n_grid=${seed}", "hydra.run.dir=/tmp/x", "variants=[fp,rtn]", "method.search_damp='0.1'"]
+    check_group_choices(ok)
+    with pytest.raises(HarnessError, match=r"method.clip='nope': expected true or false"):
+        check_group_choices(["method=awq,gptq", "method.clip=true,nope"])
+    with pytest.raises(HarnessError, match=r"seed='1.5': expected a whole number"):
+        check_group_choices(["seed=1.5"])
 
 
 @pytest.mark.parametrize("run_dir", ["/proc/x", "/sys/x", "/proc/x/y"])
