@@ -25,25 +25,19 @@ upstream.
 """
 from __future__ import annotations
 
-import logging
-import time
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
 
-from methods import onload
 from methods.block_loss import BlockLoss, record_inputs, rows_per_batch
 from methods.capture import InputStats, LayerwiseRunner, current_forward_dtype, layer_linears
-from methods.mappings import ArchMapping, ScaleGroup, mapping_for
+from methods.layerwise import quantize_layerwise
+from methods.mappings import ArchMapping, ScaleGroup
 from methods.quantizer import (PER_CHANNEL, Bounds, Clip, QuantSpec, clip_ratio, fake_quantize, group_absmax,
                                group_minmax, range_qparams, rounding_error)
 from methods.registry import Method, MethodConfig, MethodError, QuantResult, choice, register
-from methods.targets import fake_quantize_linears, peak_rss_mb, prepare_targets
-
-log = logging.getLogger(__name__)
-
+from methods.targets import fake_quantize_linears
 
 @dataclass
 class ClipSearchConfig(MethodConfig):
@@ -348,24 +342,7 @@ class AWQ(Method):
 
     @torch.no_grad()
     def quantize(self, model, calib, cfg) -> QuantResult:
-        t0 = time.perf_counter()
-        mapping = mapping_for(model)
-        spec, targets = prepare_targets(model, cfg)
-        if calib is None:
-            raise ValueError(f"{self.name} needs calibration data")
-        runner = LayerwiseRunner(model, mapping, calib.input_ids, cfg.batch_size)
-        stats_out, qweights, skipped, done = [], {}, set(), set()
-        for i in tqdm(range(len(runner.layers)), desc=f"{self.name}: layers", unit="layer"):
-            with onload.held(runner.layers[i]):
-                done |= self._layer(runner, i, mapping, spec, cfg, skipped, stats_out, qweights)
-        rest = {n: m for n, m in targets.items() if n not in done}
-        if rest:  # Linears outside the decoder layers (e.g. an output head when asked): plain RTN
-            st, qw = fake_quantize_linears(rest, spec)
-            qweights.update(qw)
-        if skipped:
-            log.warning("%s: scale groups skipped (shapes do not allow folding, e.g. GQA): %s",
-                        self.name, ", ".join(sorted(skipped)))
-        return QuantResult(self.name, time.perf_counter() - t0, peak_rss_mb(), stats_out, qweights)
+        return quantize_layerwise(self.name, model, calib, cfg, self._layer)
 
     def _layer(self, runner, i, mapping, spec, cfg, skipped, stats_out, qweights) -> set[str]:
         """Scale, clip and quantize decoder layer ``i``; returns the names of its quantized Linears."""

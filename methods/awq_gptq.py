@@ -14,24 +14,17 @@ input set within it (q/k/v, o_proj, gate/up, down_proj), each fed by the sets qu
 """
 from __future__ import annotations
 
-import logging
-import time
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from methods.awq import AWQConfig, check_search, clip_ratios, collect_layer, scale_layer
 from methods import onload
-from methods.capture import LayerwiseRunner, layer_linears
+from methods.capture import layer_linears
 from methods.gptq import GPTQConfig, gptq_layer, layer_stages
-from methods.mappings import mapping_for
 from methods.quantizer import QuantizedWeight
 from methods.registry import Method, MethodError, QuantResult, register
-from methods.targets import fake_quantize_linears, peak_rss_mb, prepare_targets
-
-log = logging.getLogger(__name__)
-
+from methods.layerwise import quantize_layerwise
 
 @dataclass
 class AWQGPTQConfig(AWQConfig, GPTQConfig):
@@ -50,23 +43,7 @@ class AWQThenGPTQ(Method):
 
     @torch.no_grad()
     def quantize(self, model, calib, cfg) -> QuantResult:
-        t0 = time.perf_counter()
-        if calib is None:
-            raise ValueError(f"{self.name} needs calibration data")
-        mapping = mapping_for(model)
-        spec, targets = prepare_targets(model, cfg)
-        runner = LayerwiseRunner(model, mapping, calib.input_ids, cfg.batch_size)
-        stats_out, qweights, skipped, done = [], {}, set(), set()
-        for i in tqdm(range(len(runner.layers)), desc=f"{self.name}: layers", unit="layer"):
-            with onload.held(runner.layers[i]):
-                done |= self._layer(runner, i, mapping, spec, cfg, skipped, stats_out, qweights)
-        rest = {n: m for n, m in targets.items() if n not in done}
-        if rest:
-            qweights.update(fake_quantize_linears(rest, spec)[1])
-        if skipped:
-            log.warning("%s: scale groups skipped (shapes do not allow folding, e.g. GQA): %s",
-                        self.name, ", ".join(sorted(skipped)))
-        return QuantResult(self.name, time.perf_counter() - t0, peak_rss_mb(), stats_out, qweights)
+        return quantize_layerwise(self.name, model, calib, cfg, self._layer)
 
     def _layer(self, runner, i, mapping, spec, cfg, skipped, stats_out, qweights) -> set[str]:
         """Steps 1-5 of the module docstring on decoder layer ``i``; returns its quantized Linears' names."""

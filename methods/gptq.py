@@ -17,20 +17,17 @@ Layers are processed sequentially, each fed by its already-quantized predecessor
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from methods import onload
 from methods.awq import ClipSearchConfig, check_search, clip_ratios, damped
-from methods.capture import LayerwiseRunner, input_set_stages, layer_linears
-from methods.mappings import mapping_for
+from methods.capture import input_set_stages, layer_linears
+from methods.layerwise import quantize_layerwise
 from methods.quantizer import (PER_CHANNEL, Bounds, Clip, QuantizedWeight, QuantSpec, clip_of, codes_for,
                                compute_qparams)
 from methods.registry import Method, QuantResult, choice, register
-from methods.targets import fake_quantize_linears, peak_rss_mb, prepare_targets
 
 
 ORDERS = ("static", "off", "group")  # act_order's values, the default first
@@ -235,26 +232,18 @@ class GPTQ(Method):
 
     @torch.no_grad()
     def quantize(self, model, calib, cfg) -> QuantResult:
-        t0 = time.perf_counter()
-        mapping = mapping_for(model)
-        spec, targets = prepare_targets(model, cfg)
-        if calib is None:
-            raise ValueError("gptq needs calibration data")
-        runner = LayerwiseRunner(model, mapping, calib.input_ids, cfg.batch_size)
-        stats_out, qweights, done = [], {}, set()
-        for i in tqdm(range(len(runner.layers)), desc="gptq: layers", unit="layer"):
-            with onload.held(runner.layers[i]):
-                linears = layer_linears(runner.layers[i])
-                prefix = f"{mapping.layers}.{i}."
-                for stage in layer_stages(linears, mapping, cfg):
-                    stats = runner.collect_stats(i, stage, mapping)
-                    ratios = clip_ratios(stage, stats, mapping, spec, cfg) if cfg.clip else {}
-                    layer_q, layer_stats = gptq_layer(stage, stats, spec, cfg, ratios)
-                    qweights.update({prefix + n: qw for n, qw in layer_q.items() if onload.keeps_codes(stage[n])})
-                    stats_out.extend({**st, "layer": prefix + st["layer"]} for st in layer_stats)
-                done.update(prefix + n for n in linears)
-                runner.advance(i)  # the next layer sees this layer's quantized outputs
-        rest = {n: m for n, m in targets.items() if n not in done}
-        if rest:
-            qweights.update(fake_quantize_linears(rest, spec)[1])
-        return QuantResult(self.name, time.perf_counter() - t0, peak_rss_mb(), stats_out, qweights)
+        return quantize_layerwise(self.name, model, calib, cfg, self._layer)
+
+    def _layer(self, runner, i, mapping, spec, cfg, skipped, stats_out, qweights) -> set[str]:
+        """GPTQ on decoder layer ``i``, input set by input set with ``true_sequential``; then the next
+        layer is fed this layer's quantized outputs."""
+        linears = layer_linears(runner.layers[i])
+        prefix = f"{mapping.layers}.{i}."
+        for stage in layer_stages(linears, mapping, cfg):
+            stats = runner.collect_stats(i, stage, mapping)
+            ratios = clip_ratios(stage, stats, mapping, spec, cfg) if cfg.clip else {}
+            layer_q, layer_stats = gptq_layer(stage, stats, spec, cfg, ratios)
+            qweights.update({prefix + n: qw for n, qw in layer_q.items() if onload.keeps_codes(stage[n])})
+            stats_out.extend({**st, "layer": prefix + st["layer"]} for st in layer_stats)
+        runner.advance(i)
+        return {prefix + n for n in linears}
