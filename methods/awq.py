@@ -39,6 +39,7 @@ from methods.quantizer import (PER_CHANNEL, Bounds, Clip, QuantSpec, clip_ratio,
 from methods.registry import Method, MethodConfig, MethodError, QuantResult, choice, register
 from methods.targets import fake_quantize_linears
 
+
 @dataclass
 class ClipSearchConfig(MethodConfig):
     """The clip search's settings (``search_clip``), for every method that runs it (AWQ, GPTQ)."""

@@ -22,9 +22,10 @@ from methods.awq import AWQConfig, check_search, clip_ratios, collect_layer, sca
 from methods import onload
 from methods.capture import layer_linears
 from methods.gptq import GPTQConfig, gptq_layer, layer_stages
+from methods.layerwise import quantize_layerwise
 from methods.quantizer import QuantizedWeight
 from methods.registry import Method, MethodError, QuantResult, register
-from methods.layerwise import quantize_layerwise
+
 
 @dataclass
 class AWQGPTQConfig(AWQConfig, GPTQConfig):
