@@ -38,5 +38,6 @@ def quantize_layerwise(name: str, model, calib, cfg, quantize_layer: LayerStep) 
     if rest:
         qweights.update(fake_quantize_linears(rest, spec)[1])
     if skipped:
-        log.warning("%s: scale groups skipped (shapes do not allow folding, e.g. GQA): %s", name, ", ".join(sorted(skipped)))
+        log.warning("%s: scale groups skipped (shapes do not allow folding, e.g. GQA): %s",
+                    name, ", ".join(sorted(skipped)))
     return QuantResult(name, time.perf_counter() - t0, peak_rss_mb(), stats_out, qweights)
