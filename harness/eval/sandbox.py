@@ -261,10 +261,27 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 def _failure(rc: int | None, stderr_path: Path) -> str:
     lines = [ln for ln in _tail(stderr_path).splitlines() if ln.strip()]
-    why = lines[-1].strip() if lines else f"exit status {rc}"
+    why = _last_message(lines) if lines else f"exit status {rc}"
     if rc is not None and rc < 0:
         why = f"killed by {signal.Signals(-rc).name}"
     return f"failed: {why[:300]}"
+
+
+def _last_message(lines: list[str]) -> str:
+    """The last stderr line that is not a traceback's scaffolding (its header, a frame's ``File ...``
+    line and the indented source and caret lines under it). Processes writing tracebacks at once (a
+    fork bomb's children) or one killed mid-write leave a traceback cut short, whose last line names
+    a frame, not an error; the error is then the last complete one before it. Only scaffolding: the
+    last line as it is."""
+    def scaffolding(i: int) -> bool:
+        s = lines[i].strip()
+        return (s.startswith('File "') or s == "Traceback (most recent call last):"
+                or (i > 0 and lines[i].startswith("    ") and scaffolding(i - 1)))
+
+    for i in range(len(lines) - 1, -1, -1):
+        if not scaffolding(i):
+            return lines[i].strip()
+    return lines[-1].strip()
 
 
 def _unavailable(level: str) -> str:

@@ -116,6 +116,19 @@ def test_fork_bomb_is_contained(level):
         time.sleep(0.1)
 
 
+def test_failure_reason_skips_a_traceback_cut_short(tmp_path):
+    # a fork bomb's children write their tracebacks at once; the last may stop at a frame line
+    err = tmp_path / "stderr"
+    err.write_text('Traceback (most recent call last):\n  File "/tmp/p.py", line 4, in <module>\n    os.fork()\n'
+                   "BlockingIOError: [Errno 11] Resource temporarily unavailable\n"
+                   'Traceback (most recent call last):\n  File "/tmp/p.py", line 4, in <module>\n')
+    assert sandbox._failure(1, err) == "failed: BlockingIOError: [Errno 11] Resource temporarily unavailable"
+    err.write_text('  File "/tmp/p.py", line 4, in <module>\n')  # nothing but scaffolding: the last line
+    assert sandbox._failure(1, err) == 'failed: File "/tmp/p.py", line 4, in <module>'
+    err.write_text("ValueError: first\n    second\n")  # a message's own indented line is kept
+    assert sandbox._failure(1, err) == "failed: second"
+
+
 def _processes_of(uid: int) -> list[str]:
     found = []
     for status in Path("/proc").glob("[0-9]*/status"):
