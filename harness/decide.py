@@ -1,7 +1,8 @@
 """Which variant to ship, and why: the one comparison frame and the recommendation rules.
 
-A *variant* is one quantized configuration (``awq w4 g64``; with the calibration set or sample
-count appended when a study varies them). A *task metric* is one ``(suite, task, metric)``.
+A *variant* is one quantized configuration (``awq w4 g64``; with the calibration set, its size,
+its seed or the changed method options appended when a study varies them:
+``results.label_variants``). A *task metric* is one ``(suite, task, metric)``.
 
 :func:`frame` builds, once, one row per variant × task metric with its value, the FP value, the
 loss vs FP, whether that loss is within tolerance and the interval of the difference to FP. The
@@ -46,27 +47,13 @@ from harness.config import DecisionConfig
 from methods.fp import FP
 
 TASK_KEY = ["suite", "task", "metric"]
-FRAME_KEY = ["model", "variant"] + TASK_KEY  # one frame row per key
+FRAME_KEY = results.VARIANT_KEY  # one frame row per key
 STUDY_SUITES = ("salience",)  # study rows get their own figures, not a recommendation
 NAN = float("nan")
 
 
 def is_study(df: pd.DataFrame) -> pd.Series:
     return df["suite"].isin(STUDY_SUITES) | df["method"].astype(str).str.startswith(STUDY_SUITES)
-
-
-def label_variants(df: pd.DataFrame) -> pd.DataFrame:
-    """Add ``variant``; drop repeated rows of one variant and task metric (the newest run wins).
-    FP rows are one variant whatever calibration their run used."""
-    d = df.copy()
-    d["variant"] = d.apply(results.variant_label, axis=1)
-    quant = d["method"] != FP
-    for col, fmt in (("calib", "{}"), ("calib_samples", "n={}")):
-        if col in d and d.loc[quant, col].nunique() > 1:
-            d.loc[quant, "variant"] += " " + d.loc[quant, col].map(lambda v: fmt.format(results.intish(v)))
-    if "started_at" in d:
-        d = d.sort_values("started_at", kind="stable")
-    return d.drop_duplicates(subset=FRAME_KEY, keep="last").reset_index(drop=True)
 
 
 # ---------------------------------------------------------------- intervals
@@ -208,7 +195,7 @@ def frame(df: pd.DataFrame, cfg: DecisionConfig | None = None) -> pd.DataFrame:
     tolerance of FP; False without an FP row); ``recovery`` (see :func:`recovery`); ``signal`` and
     ``signal_why`` (see :func:`signal`; study rows always have signal)."""
     cfg = cfg or DecisionConfig()
-    d = label_variants(df.drop(columns=VS_FP_COLUMNS + SIGNAL_COLUMNS + ["study"], errors="ignore"))
+    d = results.label_variants(df.drop(columns=VS_FP_COLUMNS + SIGNAL_COLUMNS + ["study"], errors="ignore"))
     d["weight_bytes"] = d.apply(results.weight_bytes, axis=1)
     d["quant_seconds"] = d["quant_seconds"].map(_num) if "quant_seconds" in d else NAN
     d["study"] = is_study(d)

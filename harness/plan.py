@@ -62,6 +62,22 @@ def method_overrides(method_cfg) -> dict:
     return {k: v for k, v in OmegaConf.to_container(method_cfg, resolve=True).items() if default.get(k) != v}
 
 
+# method fields with columns of their own (or none to show): not repeated in ``method_options``
+OWN_COLUMNS = ("name", "bits", "group_size")
+
+
+def options_label(method_cfg) -> str:
+    """The method's settings that differ from its registered defaults, ``key=value`` sorted and
+    space-separated (``clip_refine=2 loss=block``; "" for the defaults): what tells two runs of one
+    method and width apart in a report."""
+    changed = method_overrides(method_cfg)
+    return " ".join(f"{k}={_option_text(v)}" for k, v in sorted(changed.items()) if k not in OWN_COLUMNS)
+
+
+def _option_text(v) -> str:
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+
 def reference_variant(cfg) -> Variant:
     return Variant(method_config(FP), cfg.calib)
 

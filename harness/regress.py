@@ -109,7 +109,7 @@ def diff(baseline: pd.DataFrame, current: pd.DataFrame, cfg: RegressConfig,
 
 
 def save_baseline(df: pd.DataFrame, path) -> None:
-    d = decide.label_variants(df).drop(columns=[results.SAMPLES, "variant", "source"], errors="ignore")
+    d = results.label_variants(df).drop(columns=[results.SAMPLES, "variant", "source"], errors="ignore")
     d = d[~d["metric"].map(results.is_descriptive)]  # what _table never gates has no place in a baseline
     d = d.sort_values(["model", "method", "bits", "group_size", "suite", "task", "metric"])
     results.write_text(path, d.to_csv(index=False))

@@ -21,7 +21,7 @@ COLUMNS = [
 # per-suite detail columns kept next to the schema (perplexity: windows, tokens, seqlen) and what
 # the model-size estimate needs (see weight_bytes)
 EXTRA_COLUMNS = ["windows", "tokens", "seqlen", "source", "model_note", "symmetric", "params_total",
-                 "params_quantized", "quant_groups"]
+                 "params_quantized", "quant_groups", "calib_seed", "method_options"]
 SAMPLES = "samples"  # optional per-item list of floats on a row; kept out of results.csv
 # within one run a row is identified by these (the FP reference rows differ from the method's by method)
 ROW_KEY = ["config_hash", "method", "suite", "task", "metric"]
@@ -248,6 +248,41 @@ def variant_label(r) -> str:
     return f"{r['method']} w{int(r['bits'])} g{int(r['group_size'])}"
 
 
+# what tells variants of one method and width apart when a study varies it, in label order: the
+# column, how its value is appended to each quantized variant's label (FP is one variant), and what
+# rows without a value count as (None: they do not count; runs older than the column lack it)
+VARIANT_DISTINCTIONS = (("calib", "{}", None), ("calib_samples", "n={}", None), ("calib_seed", "seed={}", None),
+                        ("method_options", "{}", ""))
+VARIANT_KEY = ["model", "variant", "suite", "task", "metric"]  # one row per key once variants are labelled
+
+
+def _suffix(v, fmt: str) -> str:
+    return "" if v is None or v == "" or v != v else " " + fmt.format(intish(v))
+
+
+def variant_names(df: pd.DataFrame) -> pd.Series:
+    """Each row's variant: ``variant_label`` plus each of VARIANT_DISTINCTIONS whose value differs
+    among the quantized rows."""
+    names = pd.Series([variant_label(r) for r in df.to_dict("records")], index=df.index, dtype=object)
+    quant = df["method"] != FP
+    for col, fmt, missing in VARIANT_DISTINCTIONS:
+        if col not in df:
+            continue
+        values = df.loc[quant, col] if missing is None else df.loc[quant, col].astype(object).fillna(missing)
+        if values.dropna().astype(str).nunique() > 1:
+            names[quant] += values.map(lambda v: _suffix(v, fmt))
+    return names
+
+
+def label_variants(df: pd.DataFrame) -> pd.DataFrame:
+    """Add ``variant`` (``variant_names``); drop repeated rows of one variant and task metric (the
+    newest run wins)."""
+    d = df.assign(variant=variant_names(df))
+    if "started_at" in d:
+        d = d.sort_values("started_at", kind="stable")
+    return d.drop_duplicates(subset=[k for k in VARIANT_KEY if k in d], keep="last").reset_index(drop=True)
+
+
 def variant_order(d: pd.DataFrame) -> list[str]:
     """The ``variant`` values of ``d`` as reports list them: FP, then widest first; at one width the
     baseline RTN before the calibrated methods."""
@@ -259,14 +294,10 @@ def variant_order(d: pd.DataFrame) -> list[str]:
 
 def comparison(df: pd.DataFrame, metric: str = "ppl_token") -> pd.DataFrame:
     """One row per task, one column per model variant: 'value ± stderr'. FP first."""
-    d = df[df["metric"] == metric].copy()
+    d = df[df["metric"] == metric]
     if d.empty:
         return pd.DataFrame()
-    d["variant"] = d.apply(variant_label, axis=1)
-    quant = d["method"] != FP
-    if "calib" in d and quant.any() and d.loc[quant, "calib"].nunique() > 1:
-        d.loc[quant, "variant"] += " (" + d.loc[quant, "calib"].astype(str) + ")"
-    d = d.drop_duplicates(subset=["model", "variant", "suite", "task"], keep="last")
+    d = label_variants(d)
     d["cell"] = [fmt_value(v, s) for v, s in zip(d["value"], d["stderr"])]
     order = variant_order(d)
     index = (["model"] if d["model"].nunique() > 1 else []) + (["suite"] if d["suite"].nunique() > 1 else []) + ["task"]

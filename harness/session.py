@@ -23,12 +23,13 @@ from harness import eval as suites
 from harness.config_hash import config_hash
 from harness.errors import HarnessError
 from harness.exporting import export_quantized
-from harness.plan import Variant, variant_config
+from harness.plan import Variant, options_label, variant_config
 from harness.reference import evaluate_reference
 from methods import capture, onload
 from methods.quantizer import QuantSpecError
 
-REFERENCE_COLUMNS = {"bits": 16, "group_size": -1, "calib": "none", "calib_samples": 0, "calib_seqlen": 0}
+REFERENCE_COLUMNS = {"bits": 16, "group_size": -1, "calib": "none", "calib_samples": 0, "calib_seqlen": 0,
+                     "calib_seed": 0, "method_options": ""}
 
 
 @dataclass
@@ -151,7 +152,7 @@ class Session:
                 "model": self.cfg.model.name, "model_note": self.cfg.model.note, "versions": results.versions(),
                 "method": v.name, "bits": v.method.bits, "group_size": v.method.group_size,
                 "quant_seconds": result.seconds, "config_hash": config_hash(cfg_v), "compute_dtype": self.compute_dtype,
-                "offload": self.cfg.model.offload,
+                "offload": self.cfg.model.offload, "method_options": options_label(v.method),
                 **calib_columns(v.calib, calib), **results.size_columns(self.model, v.method)}
         if v.entry.reference:
             cols.update(REFERENCE_COLUMNS)
@@ -180,8 +181,9 @@ def calib_columns(calib_cfg, calib) -> dict:
     """Calibration columns: the set actually drawn, or what the config names for methods that read none."""
     label = calib_cfg.name if calib_cfg.name != "file" else f"file:{Path(calib_cfg.path or '').name}"
     if calib is None:
-        return {"calib": label, "calib_samples": calib_cfg.n_samples, "calib_seqlen": calib_cfg.seqlen}
-    return {"calib": label, "calib_samples": calib.n_samples, "calib_seqlen": calib.seqlen}
+        return {"calib": label, "calib_samples": calib_cfg.n_samples, "calib_seqlen": calib_cfg.seqlen,
+                "calib_seed": calib_cfg.seed}
+    return {"calib": label, "calib_samples": calib.n_samples, "calib_seqlen": calib.seqlen, "calib_seed": calib_cfg.seed}
 
 
 def layer_frame(result, tags: dict) -> pd.DataFrame:

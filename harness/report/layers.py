@@ -26,9 +26,7 @@ def _layer_variants(layers: pd.DataFrame, f: pd.DataFrame | None) -> pd.Series:
     names = {}
     if f is not None and not f.empty:
         names = {(h, m): v for h, m, v in zip(f["config_hash"], f["method"], f["variant"])}
-    own = layers.apply(results.variant_label, axis=1)
-    if layers["calib"].nunique() > 1:
-        own += " " + layers["calib"].astype(str)
+    own = results.variant_names(layers)
     return pd.Series([names.get((h, m), o) for h, m, o in zip(layers["config_hash"], layers["method"], own)],
                      index=layers.index)
 

@@ -27,3 +27,10 @@ def test_overrides_reach_only_the_variants_that_have_the_field(tmp_path, tiny_ll
     by_name = {v.name: v.method for v in plan}
     assert by_name["awq"].duo_scaling is False and "duo_scaling" not in by_name["gptq"]
     assert by_name["awq"].n_grid == by_name["gptq"].n_grid == 5  # the clip search's grid: both have it
+
+
+def test_options_label_names_what_differs_from_the_method_defaults():
+    assert plan_mod.options_label(plan_mod.method_config("awq")) == ""
+    cfg = plan_mod.method_config("awq", {"loss": "block", "duo_scaling": False, "bits": 3, "n_grid": 10})
+    assert plan_mod.options_label(cfg) == "duo_scaling=false loss=block n_grid=10"  # bits has a column of its own
+    assert plan_mod.options_label(plan_mod.method_config("awq_scale")) == ""  # a registered ablation's own defaults

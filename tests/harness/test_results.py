@@ -38,7 +38,36 @@ def test_comparison_orders_variants_and_keeps_suites_apart():
 def test_comparison_names_the_calibration_when_several():
     nll = np.linspace(2.0, 2.4, 6)
     df = pd.concat([run_rows("awq", 4, 64, [ppl_row(nll)], calib=c) for c in ("prose", "code")])
-    assert set(results.comparison(df).columns) == {"task", "awq w4 g64 (prose)", "awq w4 g64 (code)"}
+    assert set(results.comparison(df).columns) == {"task", "awq w4 g64 prose", "awq w4 g64 code"}
+
+
+def _awq_run(nll, run_id, started_at, **cols):
+    df = run_rows("awq", 4, 64, [ppl_row(nll)])
+    return df.assign(run_id=run_id, config_hash=run_id, started_at=started_at, **cols)
+
+
+def test_variants_differing_in_seed_or_method_options_stay_apart(tmp_path):
+    nll = np.linspace(2.0, 2.4, 6)
+    df = pd.concat([_awq_run(nll, "a", "2026-01-01", calib_seed=0, method_options=""),
+                    _awq_run(nll + 0.1, "b", "2026-01-02", calib_seed=0, method_options="loss=block"),
+                    _awq_run(nll + 0.2, "c", "2026-01-03", calib_seed=1, method_options="")])
+    expected = {"task", "awq w4 g64 seed=0", "awq w4 g64 seed=0 loss=block", "awq w4 g64 seed=1"}
+    assert set(results.comparison(df).columns) == expected  # before, the newest run hid the other two
+    for i, name in enumerate(("a", "b", "c")):  # through results.csv, where "" options read back as missing
+        results.write(df[df.run_id == name].drop(columns=[results.SAMPLES], errors="ignore"), tmp_path / name)
+        (tmp_path / name / "results.parquet").unlink()
+    assert set(results.comparison(results.read_runs([tmp_path]))) == expected
+    one = _awq_run(nll, "a", "2026-01-01", calib_seed=2, method_options="loss=block")
+    assert set(results.comparison(one).columns) == {"task", "awq w4 g64"}  # nothing varies: no suffix
+
+
+def test_rows_without_the_newer_columns_do_not_split_a_variant():
+    nll = np.linspace(2.0, 2.4, 6)
+    old = _awq_run(nll, "a", "2026-01-01").drop(columns=["calib_seed", "method_options"])
+    new = _awq_run(nll + 0.1, "b", "2026-01-02", calib_seed=0, method_options="")
+    table = results.comparison(pd.concat([old, new]))
+    assert list(table.columns) == ["task", "awq w4 g64"]
+    assert table.iloc[0]["awq w4 g64"].startswith(results.fmt_value(float(np.exp((nll + 0.1).mean())), None))
 
 
 def test_formatting_helpers():

@@ -67,3 +67,12 @@ def test_bf16_compute_evaluates_in_bf16_and_quantizes_fp32_master_weights(tmp_pa
     from harness.config_hash import config_hash
 
     assert config_hash(cfg) != config_hash(fp32)  # the dtype is part of the identity
+
+
+def test_rows_name_the_calibration_seed_and_the_changed_method_options(tmp_path, tiny_llama_dir):
+    cfg = tiny_cfg(tiny_llama_dir, tmp_path, "calib.seed=3")
+    variants = [plan_mod.reference_variant(cfg), plan_mod.Variant(plan_mod.method_config("awq", {"n_grid": 4}), cfg.calib)]
+    session = session_mod.Session.open(cfg, variants)
+    fp, awq = (session.run_variant(v, "run").rows for v in variants)
+    assert set(awq.calib_seed) == {3} and set(awq.method_options) == {"n_grid=4"}
+    assert set(fp.calib_seed) == {0} and set(fp.method_options) == {""}  # FP reads no calibration
