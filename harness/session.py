@@ -29,7 +29,7 @@ from methods import capture, onload
 from methods.quantizer import QuantSpecError
 
 REFERENCE_COLUMNS = {"bits": 16, "group_size": -1, "calib": "none", "calib_samples": 0, "calib_seqlen": 0,
-                     "calib_seed": 0, "method_options": ""}
+                     "calib_seed": None, "method_options": ""}
 
 
 @dataclass
@@ -182,7 +182,7 @@ def calib_columns(calib_cfg, calib) -> dict:
     label = calib_cfg.name if calib_cfg.name != "file" else f"file:{Path(calib_cfg.path or '').name}"
     if calib is None:
         return {"calib": label, "calib_samples": calib_cfg.n_samples, "calib_seqlen": calib_cfg.seqlen,
-                "calib_seed": calib_cfg.seed}
+                "calib_seed": None}  # no sample drawn: the seed cannot matter
     return {"calib": label, "calib_samples": calib.n_samples, "calib_seqlen": calib.seqlen, "calib_seed": calib_cfg.seed}
 
 

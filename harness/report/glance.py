@@ -1,5 +1,6 @@
 """At a glance (the first screen): the verdict sentence, variant × suite recovery with significance
-marks, quality vs weight size, and the legend."""
+marks, quality vs weight size, the legend, and the spread over calibration seeds when some variant
+ran on several."""
 from __future__ import annotations
 
 import pandas as pd
@@ -33,14 +34,18 @@ def _marks(rows: pd.DataFrame) -> str:
     return " ".join(out)
 
 
-def _glance_cell(rows: pd.DataFrame) -> str:
-    """Recovery (quantized ÷ FP) for a score, change vs FP for a lower-is-better metric; mean over tasks."""
+def _headline_value(rows: pd.DataFrame) -> tuple[float, str]:
+    """(value, format) of one cell: recovery (quantized ÷ FP) for a score, change vs FP for a
+    lower-is-better metric; mean over tasks."""
     if results.lower_is_better(rows["metric"].iloc[0]):
-        text = f"{rows['loss'].mean() * 100:+.1f}%"
-    else:
-        rec = rows["recovery"].dropna()
-        text = f"{rec.mean() * 100:.0f}%" if len(rec) else f"{-rows['loss'].mean():+.3f}"
-    return f"{text} {_marks(rows)}".strip()
+        return rows["loss"].mean() * 100, "{:+.1f}%"
+    rec = rows["recovery"].dropna()
+    return (rec.mean() * 100, "{:.0f}%") if len(rec) else (-rows["loss"].mean(), "{:+.3f}")
+
+
+def _glance_cell(rows: pd.DataFrame) -> str:
+    value, fmt = _headline_value(rows)
+    return f"{fmt.format(value)} {_marks(rows)}".strip()
 
 
 def _loads_anywhere(r) -> bool:
@@ -69,6 +74,47 @@ def glance_table(main: pd.DataFrame, dec: decide.Decision) -> pd.DataFrame:
             row[f"{suite}: {metric}"] = _glance_cell(cell) if len(cell) else "—"
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def seed_table(main: pd.DataFrame) -> pd.DataFrame:
+    """Variants run on several calibration seeds, all else alike: each suite's headline metric (as in
+    ``glance_table``) averaged over the seeds, with its lowest and highest seed."""
+    judged = _judged(main)
+    if "calib_seed" not in judged or judged.empty:
+        return pd.DataFrame()
+    judged = judged.assign(alike=results.variant_names(judged.drop(columns="calib_seed")))
+    heads = {suite: _headline_metric(g) for suite, g in judged.groupby("suite", sort=True)}
+    order = results.variant_order(judged.assign(variant=judged["alike"]))
+    rows = []
+    for alike in order:
+        g = judged[judged["alike"] == alike]
+        seeds = sorted(g["calib_seed"].dropna().unique())
+        if len(seeds) < 2:
+            continue
+        row = {"variant": alike, "seeds": ", ".join(str(results.intish(s)) for s in seeds)}
+        for suite, metric in heads.items():
+            cell = g[(g["suite"] == suite) & (g["metric"] == metric)]
+            per_seed = [_headline_value(c) for _, c in cell.groupby("variant")]
+            if len(per_seed) < 2:
+                row[f"{suite}: {metric}"] = "—"
+                continue
+            values, fmt = [v for v, _ in per_seed], per_seed[0][1]
+            row[f"{suite}: {metric}"] = (f"{fmt.format(sum(values) / len(values))} "
+                                         f"({fmt.format(min(values))} to {fmt.format(max(values))})")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def seed_spread(main: pd.DataFrame) -> list[Block]:
+    """The seed table under a heading, or nothing when no variant ran on several seeds."""
+    table = seed_table(main)
+    if table.empty:
+        return []
+    return [Block("h3", "Across calibration seeds"),
+            Block("p", "The same variants calibrated on other samples of the same set (calib.seed): the mean over "
+                       "the seeds of each cell above, and in brackets its lowest and highest seed. A difference "
+                       "between two methods that is smaller than these ranges is not evidence for either."),
+            Block("table", table=table)]
 
 
 def _size_of(main: pd.DataFrame, nbytes: float) -> str:
@@ -140,7 +186,9 @@ def _glance_legend(main: pd.DataFrame, dec: decide.Decision, cfg: DecisionConfig
 
 
 def at_a_glance(main: pd.DataFrame, dec: decide.Decision, cfg: DecisionConfig, figures: bool) -> list[Block]:
-    """The first screen: the verdict, variant × suite recovery, quality vs size, then the legend."""
+    """The first screen: the verdict, variant × suite recovery, quality vs size, the legend, then the
+    spread over calibration seeds (when some variant ran on several)."""
     table = Block("table", table=glance_table(main, dec))
     fig = _glance_figure(main, dec, cfg) if figures else None
-    return [Block("p", verdict(main, dec, cfg)), blocks.row(table, fig) if fig else table, _glance_legend(main, dec, cfg)]
+    return [Block("p", verdict(main, dec, cfg)), blocks.row(table, fig) if fig else table, _glance_legend(main, dec, cfg),
+            *seed_spread(main)]
