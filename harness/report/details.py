@@ -150,9 +150,12 @@ def calibration_matrix(main: pd.DataFrame, figures: bool) -> list[Block]:
         return []
     out = []
     for (method, bits, group), g in main[main["method"] != FP].groupby(["method", "bits", "group_size"]):
-        g = g.assign(row=g["calib"].astype(str) + g["calib_samples"].map(lambda n: f" n={results.intish(n)}"))
-        if g["row"].nunique() < 2:
+        calibration = g["calib"].astype(str) + g["calib_samples"].map(lambda n: f" n={results.intish(n)}")
+        if calibration.nunique() < 2:
             continue
+        # whatever else tells these variants apart (seed, method options) stays in the row's name
+        rest = results.variant_names(g.drop(columns=["calib", "calib_samples"]))
+        g = g.assign(row=calibration + [r[len(results.variant_label(x)):] for r, x in zip(rest, g.to_dict("records"))])
         table = _calibration_table(g)
         name = f"{method} w{int(bits)} g{int(group)}"
         out += [Block("h2", "Calibration matrix")] if not out else []

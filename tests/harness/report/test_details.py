@@ -28,6 +28,19 @@ def test_calibration_matrix_when_a_method_has_several_calibs():
     assert any(b.kind == "figure" and b.name.startswith("calib_matrix_awq") for b in out)
 
 
+def test_calibration_matrix_keeps_apart_what_else_differs():
+    runs = calib_runs()
+    fp = runs[(runs["method"] == FP) & (runs["task"] == "prose_en")]["samples"].iloc[0]
+    again = run_rows("awq", 4, 64, [ppl_row(np.array(fp) + 0.02, task=t) for t in ("prose_en", "code_py")], calib="prose")
+    again = again.assign(calib_seed=1, run_id="seed1", config_hash="seed1", started_at="2026-01-02T00:00:00")
+    runs = pd.concat([runs.assign(calib_seed=[None if m == FP else 0 for m in runs["method"]]), again], ignore_index=True)
+    out = report.build(runs, figures=False)
+    table = next(b.table for b in out if b.kind == "table" and "calibration" in b.table.columns).set_index("calibration")
+    assert sorted(table.index) == ["code n=32 seed=0", "prose n=32 seed=0", "prose n=32 seed=1"]
+    assert table.loc["prose n=32 seed=1"].str.startswith("+2.0").all()  # the newest run did not replace seed 0's row
+    assert table.loc["prose n=32 seed=0"].str.startswith("+1.0").all()
+
+
 def test_delta_cells_are_percent_of_fp_with_significance():
     f = decide.frame(calib_runs())
     cells = report.delta_cells(f[~f["study"]])
