@@ -76,7 +76,7 @@ def validate_static(cfg, plan) -> None:
     offloading.check(cfg.model, plan, cfg.export.dir)
     for v in plan:
         check_method(v.method)
-        if v.entry.calibrated:
+        if not v.entry.reference:  # a bad calibration option is a mistake even where the method reads none
             calib_mod.check(v.calib)
     check_suites(cfg)
     check_writable(cfg.store_dir, "store_dir")

@@ -86,7 +86,7 @@ class Entry:
     method: Method
     config_type: type
     defaults: dict = field(default_factory=dict)  # config fields this registration sets differently
-    calibrated: bool = True  # reads calibration windows (its config hash includes the calibration set)
+    calibrated: bool = True  # reads calibration windows: the session draws them only for such methods
     reference: bool = False  # leaves the weights as they are: its rows are the FP reference
 
     def default_config(self):

@@ -7,7 +7,7 @@ from methods.registry import Method, MethodConfig, QuantResult, register
 from methods.targets import fake_quantize_linears, peak_rss_mb, prepare_targets
 
 
-@register("rtn", MethodConfig)
+@register("rtn", MethodConfig, calibrated=False)
 class RoundToNearest(Method):
     def quantize(self, model, calib, cfg) -> QuantResult:
         t0 = time.perf_counter()

@@ -120,12 +120,12 @@ def test_same_config_and_seed_are_bit_identical(tiny_llama_dir, tmp_path):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["+experiment=paper"], "cannot load Salesforce/wikitext (test) for hub:wikitext2 via `datasets`"),
-    (["calib=pile_val", "eval=perplexity", f"eval.texts=[{EVAL_DIR / 'code_py.txt'}]"],
+    (["method=rtn", "+experiment=paper"], "cannot load Salesforce/wikitext (test) for hub:wikitext2 via `datasets`"),
+    (["method=awq", "calib=pile_val", "eval=perplexity", f"eval.texts=[{EVAL_DIR / 'code_py.txt'}]"],  # awq reads it
      "cannot load mit-han-lab/pile-val-backup (validation) for hub:pile_val"),
 ])
 def test_paper_protocol_data_fails_offline_in_one_line(tiny_llama_dir, tmp_path, args, needle):
-    r = subprocess.run([sys.executable, "-m", "harness", "model=path", f"model.path={tiny_llama_dir}", "method=rtn",
+    r = subprocess.run([sys.executable, "-m", "harness", "model=path", f"model.path={tiny_llama_dir}",
                         f"hydra.run.dir={tmp_path / 'out'}", *args], cwd=tmp_path, env=env(), capture_output=True,
                        text=True, timeout=900)
     assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
