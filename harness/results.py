@@ -260,18 +260,24 @@ def _suffix(v, fmt: str) -> str:
     return "" if v is None or v == "" or v != v else " " + fmt.format(intish(v))
 
 
-def variant_names(df: pd.DataFrame) -> pd.Series:
-    """Each row's variant: ``variant_label`` plus each of VARIANT_DISTINCTIONS whose value differs
-    among the quantized rows."""
-    names = pd.Series([variant_label(r) for r in df.to_dict("records")], index=df.index, dtype=object)
+def variant_suffixes(df: pd.DataFrame, skip: tuple[str, ...] = ()) -> pd.Series:
+    """Each row's part of its variant name after ``variant_label``: the text of every one of
+    VARIANT_DISTINCTIONS (those in ``skip`` aside) whose value differs among the quantized rows."""
+    out = pd.Series("", index=df.index, dtype=object)
     quant = df["method"] != FP
     for col, fmt, missing in VARIANT_DISTINCTIONS:
-        if col not in df:
+        if col not in df or col in skip:
             continue
         values = df.loc[quant, col] if missing is None else df.loc[quant, col].astype(object).fillna(missing)
         if values.dropna().astype(str).nunique() > 1:
-            names[quant] += values.map(lambda v: _suffix(v, fmt))
-    return names
+            out[quant] += values.map(lambda v: _suffix(v, fmt))
+    return out
+
+
+def variant_names(df: pd.DataFrame, skip: tuple[str, ...] = ()) -> pd.Series:
+    """Each row's variant: ``variant_label`` plus its ``variant_suffixes`` (those of ``skip`` aside)."""
+    labels = pd.Series([variant_label(r) for r in df.to_dict("records")], index=df.index, dtype=object)
+    return labels + variant_suffixes(df, skip)
 
 
 def label_variants(df: pd.DataFrame) -> pd.DataFrame:
@@ -280,7 +286,7 @@ def label_variants(df: pd.DataFrame) -> pd.DataFrame:
     d = df.assign(variant=variant_names(df))
     if "started_at" in d:
         d = d.sort_values("started_at", kind="stable")
-    return d.drop_duplicates(subset=[k for k in VARIANT_KEY if k in d], keep="last").reset_index(drop=True)
+    return d.drop_duplicates(subset=VARIANT_KEY, keep="last").reset_index(drop=True)
 
 
 def variant_order(d: pd.DataFrame) -> list[str]:

@@ -154,8 +154,7 @@ def calibration_matrix(main: pd.DataFrame, figures: bool) -> list[Block]:
         if calibration.nunique() < 2:
             continue
         # whatever else tells these variants apart (seed, method options) stays in the row's name
-        rest = results.variant_names(g.drop(columns=["calib", "calib_samples"]))
-        g = g.assign(row=calibration + [r[len(results.variant_label(x)):] for r, x in zip(rest, g.to_dict("records"))])
+        g = g.assign(row=calibration + results.variant_suffixes(g, skip=("calib", "calib_samples")))
         table = _calibration_table(g)
         name = f"{method} w{int(bits)} g{int(group)}"
         out += [Block("h2", "Calibration matrix")] if not out else []

@@ -82,7 +82,7 @@ def seed_table(main: pd.DataFrame) -> pd.DataFrame:
     judged = _judged(main)
     if "calib_seed" not in judged or judged.empty:
         return pd.DataFrame()
-    judged = judged.assign(alike=results.variant_names(judged.drop(columns="calib_seed")))
+    judged = judged.assign(alike=results.variant_names(judged, skip=("calib_seed",)))
     heads = {suite: _headline_metric(g) for suite, g in judged.groupby("suite", sort=True)}
     order = results.variant_order(judged.assign(variant=judged["alike"]))
     rows = []
